@@ -1,0 +1,75 @@
+"""Downstream accuracy of a frozen encoder: kNN top-1 and a linear probe.
+
+kNN follows Wu et al. 2018 (instance discrimination): cosine similarity on the encoder's
+features, the k=20 nearest training items vote for their class with weight exp(s / T), T=0.07.
+The linear probe is a softmax classifier trained on standardised frozen features of the training
+split (full-batch AdamW, seeded). Both score the test split, or the validation split when tuning.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from harness.config import EvalConfig
+from suites import Suite, SuiteData
+
+
+@torch.no_grad()
+def embed(encoder: nn.Module, suite: Suite, x: Tensor, batch: int = 2048) -> Tensor:
+    """(N, F) features of stored items ``x``, encoder in eval mode."""
+    was = encoder.training
+    encoder.eval()
+    out = torch.cat([encoder.features(suite.prepare(x[i:i + batch]))
+                     for i in range(0, x.shape[0], batch)])
+    encoder.train(was)
+    return out
+
+
+@torch.no_grad()
+def knn_top1(train_f: Tensor, train_y: Tensor, query_f: Tensor, query_y: Tensor,
+             n_classes: int, k: int = 20, temperature: float = 0.07,
+             chunk: int = 1024) -> float:
+    tf = F.normalize(train_f, dim=1)
+    correct = torch.zeros((), dtype=torch.long, device=tf.device)
+    k = min(k, tf.shape[0])
+    for i in range(0, query_f.shape[0], chunk):
+        q = F.normalize(query_f[i:i + chunk], dim=1)
+        s, idx = (q @ tf.T).topk(k, dim=1)  # (Q, k)
+        votes = torch.zeros(q.shape[0], n_classes, dtype=s.dtype, device=s.device)
+        votes.scatter_add_(1, train_y[idx], torch.exp(s / temperature))  # (Q, C)
+        correct += (votes.argmax(1) == query_y[i:i + chunk]).sum()
+    return correct.item() / query_f.shape[0]
+
+
+def linear_probe(train_f: Tensor, train_y: Tensor, query_f: Tensor, query_y: Tensor,
+                 n_classes: int, epochs: int = 300, lr: float = 0.05, seed: int = 0) -> float:
+    mu, sd = train_f.mean(0), train_f.std(0).clamp_min(1e-6)
+    xt, xq = (train_f - mu) / sd, (query_f - mu) / sd
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    w = (torch.randn(n_classes, xt.shape[1], generator=g) * 0.01).to(xt.device)
+    w.requires_grad_(True)
+    b = torch.zeros(n_classes, device=xt.device, requires_grad=True)
+    opt = torch.optim.AdamW([w, b], lr=lr, weight_decay=1e-3)
+    with torch.enable_grad():
+        for _ in range(epochs):
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(xt @ w.T + b, train_y).backward()
+            opt.step()
+    with torch.no_grad():
+        return ((xq @ w.T + b).argmax(1) == query_y).float().mean().item()
+
+
+def evaluate(encoder: nn.Module, suite: Suite, data: SuiteData, cfg: EvalConfig,
+             seed: int) -> dict[str, float]:
+    """kNN and linear accuracy on ``cfg.split`` (test, or val when tuning)."""
+    query = data.split(cfg.split)
+    tf = embed(encoder, suite, data.train.x)
+    qf = embed(encoder, suite, query.x)
+    return {
+        "knn_acc": knn_top1(tf, data.train.y, qf, query.y, data.n_classes, cfg.knn_k,
+                            cfg.knn_temperature),
+        "linear_acc": linear_probe(tf, data.train.y, qf, query.y, data.n_classes,
+                                   cfg.linear_epochs, cfg.linear_lr, seed),
+    }

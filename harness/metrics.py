@@ -1,0 +1,117 @@
+"""What the harness measures about the negatives a strategy selected, with the oracle labels that
+never reach the strategy.
+
+- **FNR**: over all selected (anchor, negative) pairs, the fraction whose labels are equal. A
+  synthesized negative counts its label sources by their weights (Negatives.label_sources).
+- **weighted FNR**: the same with the strategy's weights: sum of w over same-label pairs / sum w.
+- **hardness**: the mean cosine similarity between an anchor and its selected negatives.
+- **instance collisions**: pool entries outside the step's own views holding the anchor's own
+  instance (always excluded from the negatives; counted apart, per anchor).
+- **FNR by hardness decile**: pairs are binned by similarity into a fine histogram on the device;
+  decile edges and per-decile FNR are read from it when a snapshot is taken.
+
+Everything accumulates in device tensors; :meth:`NegativeMeter.snapshot` is the only host sync
+and the harness calls it at log intervals.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from strategies import Negatives
+
+BINS = 1000  # similarity histogram over [-1, 1] for the hardness deciles
+
+# accumulator slots
+_PAIRS, _FN, _W, _WFN, _SIM, _COLL, _ANCH = range(7)
+
+
+def _acc_dtype(device: torch.device) -> torch.dtype:
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def false_negative_matrix(negs: Negatives, labels: Tensor) -> Tensor:
+    """(A, P) in [0, 1]: how much each pool candidate shares the anchor's label (1 or 0 for
+    real candidates; the weighted share of its label sources for synthesized ones)."""
+    la = labels[negs.anchor_ids]  # (A,)
+    if negs.sources is None:
+        real = negs.pool_ids >= 0  # (P,)
+        lp = labels[negs.pool_ids.clamp_min(0)]  # (P,)
+        return ((la[:, None] == lp[None, :]) & real[None, :]).to(negs.pool.dtype)  # (A, P)
+    src, sw = negs.label_sources()  # (P, R)
+    sw = sw.to(negs.pool.dtype) * (src >= 0)
+    ls = labels[src.clamp_min(0)]  # (P, R)
+    same = (la[:, None, None] == ls[None]).to(sw.dtype)  # (A, P, R)
+    return (same * sw[None]).sum(-1) / sw.sum(-1).clamp_min(1e-12)[None]  # (A, P)
+
+
+class NegativeMeter:
+    def __init__(self, labels: Tensor):
+        self.labels = labels  # (N_train,) on the run's device
+        dev = labels.device
+        self.dtype = _acc_dtype(dev)
+        self.acc = torch.zeros(7, dtype=self.dtype, device=dev)
+        self.hist = torch.zeros(2, BINS, dtype=self.dtype, device=dev)  # (count, fn) per bin
+        self._prev = torch.zeros(7, dtype=torch.float64)  # host copy at the last snapshot
+
+    @torch.no_grad()
+    def observe(self, negs: Negatives, sim: Tensor) -> None:
+        """Account one step's selection; ``sim`` is the (A, P) cosine similarity matrix."""
+        dt = self.dtype
+        fn = false_negative_matrix(negs, self.labels)  # (A, P)
+        sel = negs.mask.to(fn.dtype)  # (A, P)
+        w = sel if negs.weights is None else sel * negs.weights.to(fn.dtype)
+        fn_sel = fn * sel
+        own = negs.own_instance()[:, negs.batch_views:]  # (A, P - batch_views)
+        step = torch.stack([
+            sel.sum(dtype=dt),
+            fn_sel.sum(dtype=dt),
+            w.sum(dtype=dt),
+            (fn * w).sum(dtype=dt),
+            (sim * sel).sum(dtype=dt),
+            own.sum().to(dt),
+            torch.tensor(negs.num_anchors, dtype=dt, device=sel.device),
+        ])
+        self.acc += step
+        b = ((sim + 1.0) * (0.5 * BINS)).long().clamp_(0, BINS - 1).flatten()  # (A*P,)
+        self.hist[0].scatter_add_(0, b, sel.flatten().to(dt))
+        self.hist[1].scatter_add_(0, b, fn_sel.flatten().to(dt))
+
+    @staticmethod
+    def _ratios(a: Tensor) -> dict[str, float]:
+        def div(x: float, y: float) -> float:
+            return x / y if y > 0 else float("nan")
+
+        return {
+            "fnr": div(a[_FN], a[_PAIRS]),
+            "fnr_weighted": div(a[_WFN], a[_W]),
+            "hardness": div(a[_SIM], a[_PAIRS]),
+            "collisions_per_anchor": div(a[_COLL], a[_ANCH]),
+            "negatives_per_anchor": div(a[_PAIRS], a[_ANCH]),
+        }
+
+    def snapshot(self) -> tuple[dict[str, float], dict[str, float]]:
+        """(since the last snapshot, whole run so far). Syncs with the device."""
+        total = self.acc.to("cpu", torch.float64)
+        interval = self._ratios((total - self._prev).tolist())
+        self._prev = total
+        return interval, self._ratios(total.tolist())
+
+    def deciles(self) -> dict[str, list[float]]:
+        """Hardness decile edges (similarity) and the FNR within each decile."""
+        h = self.hist.to("cpu", torch.float64)
+        count, fn = h[0], h[1]
+        n = float(count.sum())
+        if n == 0:
+            return {"edges": [], "fnr": []}
+        cum = torch.cumsum(count, 0) / n  # (BINS,)
+        dec = torch.clamp((cum * 10).ceil().long() - 1, 0, 9)  # decile of each bin's upper end
+        edges, fnr = [], []
+        centers = torch.linspace(-1, 1, BINS + 1)[1:]
+        for d in range(10):
+            m = dec == d
+            c = float(count[m].sum())
+            fnr.append(float(fn[m].sum()) / c if c > 0 else float("nan"))
+            edges.append(float(centers[m].max()) if m.any() else float("nan"))
+        return {"edges": edges, "fnr": fnr}

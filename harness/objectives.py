@@ -1,0 +1,113 @@
+"""Training objectives over a strategy's :class:`~strategies.Negatives`.
+
+The objective is fixed for a whole ablation and chosen independently of the strategy. Every
+objective returns the loss and the (A, P) cosine similarities it computed, detached, so that the
+meters reuse them instead of multiplying the embeddings a second time.
+
+- ``infonce``: InfoNCE / NT-Xent (Oord et al. 2018; Chen et al. 2020) with temperature tau,
+  optional per-negative weights, and the debiased estimator of Chuang et al. 2020 when the
+  strategy sets ``tau_plus`` (HCL, Robinson et al. 2021, is that estimator with importance
+  weights):
+
+      N_g = max( (sum_n w_n e^{s_n/tau} - tau+ N e^{s_p/tau}) / (1 - tau+),  N e^{-1/tau} )
+      loss = -log( e^{s_p/tau} / (e^{s_p/tau} + N_g) )
+
+  With unit weights and tau+ = 0, N_g is the plain sum and the loss is ordinary InfoNCE.
+- ``triplet``: the triplet-margin loss (Schroff et al. 2015) on unit-sphere distances,
+  averaged over every selected (anchor, negative) pair with the strategy's weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from strategies import Negatives
+
+
+class ObjectiveError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    name: str = "infonce"  # infonce | triplet
+    temperature: float = 0.2  # tau of InfoNCE
+    margin: float = 0.5  # m of the triplet loss, on distances between unit vectors (in [0, 2])
+
+    def __post_init__(self):
+        if self.name not in OBJECTIVES:
+            raise ObjectiveError(
+                f"objective.name must be one of {', '.join(OBJECTIVES)}; got {self.name!r}"
+            )
+        if not self.temperature > 0:
+            raise ObjectiveError(f"objective.temperature must be > 0, got {self.temperature}")
+        if not self.margin >= 0:
+            raise ObjectiveError(f"objective.margin must be >= 0, got {self.margin}")
+
+
+@dataclass
+class ObjectiveOut:
+    loss: Tensor  # () scalar
+    sim: Tensor  # (A, P) cosine similarities anchor x pool, detached
+    pos_sim: Tensor  # (A,) cosine similarity anchor x positive, detached
+
+
+def info_nce(negs: Negatives, temperature: float) -> ObjectiveOut:
+    tau = temperature
+    a, p = negs.anchors, negs.positives
+    sim = a @ negs.pool.T  # (A, P)
+    pos = (a * p).sum(-1)  # (A,)
+    pos_l = pos / tau  # (A,)
+    neg_l = sim / tau  # (A, P)
+    if negs.weights is None:
+        log_w = torch.zeros((), dtype=sim.dtype, device=sim.device)
+    else:
+        log_w = torch.log(negs.weights.to(sim.dtype))  # (A, P), -inf where w = 0
+    neg_l = (neg_l + log_w).masked_fill(~negs.mask, float("-inf"))  # (A, P)
+    if negs.tau_plus == 0.0:
+        logits = torch.cat([pos_l[:, None], neg_l], dim=1)  # (A, 1 + P)
+        loss = torch.logsumexp(logits, dim=1) - pos_l  # (A,)
+    else:
+        tp = negs.tau_plus
+        n = negs.mask.sum(1).to(sim.dtype)  # (A,) negatives per anchor
+        m = torch.maximum(pos_l, neg_l.amax(1)).detach()  # (A,) shift for stability
+        m = torch.nan_to_num(m, neginf=0.0)
+        e_pos = torch.exp(pos_l - m)  # (A,)
+        e_neg = torch.exp(neg_l - m[:, None]).sum(1)  # (A,) sum_n w_n e^{s_n/tau}, shifted
+        ng = (e_neg - tp * n * e_pos) / (1.0 - tp)  # (A,)
+        floor = n * torch.exp(-1.0 / tau - m)  # (A,) N e^{-1/tau}, shifted
+        ng = torch.maximum(ng, floor)
+        loss = torch.log(e_pos + ng) - (pos_l - m)  # (A,)
+    return ObjectiveOut(loss=loss.mean(), sim=sim.detach(), pos_sim=pos.detach())
+
+
+def triplet(negs: Negatives, margin: float) -> ObjectiveOut:
+    a, p = negs.anchors, negs.positives
+    sim = a @ negs.pool.T  # (A, P)
+    pos = (a * p).sum(-1)  # (A,)
+    d_an = torch.sqrt((2.0 - 2.0 * sim).clamp_min(1e-12))  # (A, P) ||a - n|| for unit vectors
+    d_ap = torch.sqrt((2.0 - 2.0 * pos).clamp_min(1e-12))  # (A,)
+    hinge = torch.relu(d_ap[:, None] - d_an + margin)  # (A, P)
+    w = negs.mask.to(sim.dtype)
+    if negs.weights is not None:
+        w = w * negs.weights.to(sim.dtype)
+    loss = (hinge * w).sum() / w.sum().clamp_min(1e-12)
+    return ObjectiveOut(loss=loss, sim=sim.detach(), pos_sim=pos.detach())
+
+
+OBJECTIVES = ("infonce", "triplet")
+
+
+def make_objective(cfg: ObjectiveConfig):
+    """A callable ``negs -> ObjectiveOut`` for the configured objective."""
+    if cfg.name == "infonce":
+        return lambda negs: info_nce(negs, cfg.temperature)
+    return lambda negs: triplet(negs, cfg.margin)
+
+
+def objective_flops(negs: Negatives) -> int:
+    """FLOPs of the objective's similarity matmul, forward and backward (2 backward matmuls)."""
+    return 6 * negs.num_anchors * negs.pool_size * negs.anchors.shape[1]

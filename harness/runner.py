@@ -1,0 +1,330 @@
+"""One run: a strategy trained on a suite under a budget, evaluated, and tracked.
+
+The step (DESIGN.md), with no host sync inside it: the data stays on the device, views are made
+there, meters accumulate there, and the host reads them back only every ``log_every`` steps.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+import strategies
+import suites
+from harness.budget import Budget, learning_rate
+from harness.config import ConfigError, RunConfig
+from harness.cost import CostMeter, PhaseClock, peak_host_mb, probe_flops
+from harness.evaluate import evaluate
+from harness.metrics import NegativeMeter
+from harness.objectives import make_objective, objective_flops
+from harness.tracking import Tracker, run_tags
+from strategies import StepContext
+
+
+class RunFailed(RuntimeError):
+    """A run that could not finish (diverged, broke the strategy contract, ...)."""
+
+
+@dataclass
+class RunResult:
+    config: RunConfig
+    metrics: dict[str, float]
+    run_id: str | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+    deciles: dict[str, list[float]] = field(default_factory=dict)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device {name!r} is not a device (try auto, cpu, cuda, cuda:1)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked for, but CUDA is not available here")
+    return dev
+
+
+def device_label(dev: torch.device) -> str:
+    if dev.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(dev)}"
+    return dev.type
+
+
+class Trainer:
+    """Holds one run's state; :meth:`train` spends the budget, :meth:`finish` evaluates."""
+
+    def __init__(self, cfg: RunConfig, data_dir: str | None = None):
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        torch.manual_seed(cfg.seed)
+        self.gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        self.suite = suites.create(cfg.suite, cfg.suite_cfg, data_dir=data_dir)
+        self.data = self.suite.load()
+        self.train_split = self.data.train.to(self.device)
+        self.n_train = len(self.train_split)
+        if cfg.batch_size > self.n_train:
+            raise ConfigError(f"batch_size {cfg.batch_size} exceeds the {self.n_train} training "
+                              f"items of {cfg.suite}")
+        self.encoder = self.suite.build_encoder().to(self.device)
+        self.strategy = strategies.create(cfg.strategy, cfg.strategy_cfg,
+                                          dim=self.encoder.out_dim,
+                                          n_train=self.n_train).to(self.device)
+        m = self.strategy.key_momentum
+        self.key_encoder = None
+        if m is not None:
+            self.key_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
+        self.momentum = m
+        o = cfg.optim
+        params = list(self.encoder.parameters())
+        if o.name == "adamw":
+            self.opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+        else:
+            self.opt = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum,
+                                       weight_decay=o.weight_decay)
+        self.objective = make_objective(cfg.objective)
+        probe_x = self.suite.prepare(self.train_split.x[: min(64, self.n_train)])
+        self.cost = CostMeter(*probe_flops(self.encoder, probe_x))
+        self.budget = Budget(cfg.budget, cfg.batch_size)
+        self.meter = NegativeMeter(self.train_split.y)
+        self.clock = PhaseClock(self.device)
+        self._perm = torch.randperm(self.n_train, generator=self.gen, device=self.device)
+        self._pos = 0
+        self._loss_sum = torch.zeros((), device=self.device)
+        self._loss_steps = 0
+        self.history: list[dict[str, float]] = []
+        self.train_seconds = 0.0
+        self._last_log = (0, 0.0)  # (samples, seconds) at the last log
+        self.lr = 0.0
+
+    # -- what a strategy may ask for
+    def _encode(self, ids: torch.Tensor, grad: bool) -> torch.Tensor:
+        v = self.suite.view(self.train_split.x[ids], self.gen)
+        n = ids.shape[0]
+        if grad:
+            self.cost.trained_samples += n
+            return self.encoder(v)
+        self.cost.nograd_encodes += n
+        with torch.no_grad():
+            return (self.key_encoder or self.encoder)(v)
+
+    @torch.no_grad()
+    def _encode_all(self) -> torch.Tensor:
+        """Un-augmented projections of the whole training set (an index refresh), eval mode."""
+        enc = self.key_encoder or self.encoder
+        was = enc.training
+        enc.eval()
+        x = self.train_split.x
+        out = torch.cat([enc(self.suite.prepare(x[i:i + 2048])) for i in range(0, len(x), 2048)])
+        enc.train(was)
+        self.cost.nograd_encodes += len(x)
+        return out
+
+    def _charge_mining(self, macs: int) -> None:
+        self.cost.mining_macs += int(macs)
+
+    def _charge_adversary(self, n: int) -> None:
+        self.cost.adversary_updates += int(n)
+
+    def _next_ids(self, b: int) -> torch.Tensor:
+        if self._pos + b > self.n_train:  # new epoch; the tail is dropped so ids never repeat
+            self._perm = torch.randperm(self.n_train, generator=self.gen, device=self.device)
+            self._pos = 0
+        ids = self._perm[self._pos:self._pos + b]
+        self._pos += b
+        return ids
+
+    # -- the step
+    def step(self, b: int) -> None:
+        cfg, clock, cost = self.cfg, self.clock, self.cost
+        before = cost.flops()
+        with clock.phase("data"):
+            ids = self._next_ids(b)
+            v1, v2 = self.suite.views(self.train_split.x[ids], self.gen)
+        ctx = StepContext(
+            step=self.budget.steps, fraction=self.budget.fraction, ids=ids, generator=self.gen,
+            n_train=self.n_train, encode=self._encode, encode_all=self._encode_all,
+            charge_mining=self._charge_mining, charge_adversary=self._charge_adversary,
+            key_encoder_momentum=self.momentum,
+        )
+        self.lr = learning_rate(cfg.optim, self._fraction_after(b))
+        for group in self.opt.param_groups:
+            group["lr"] = self.lr
+        with clock.phase("forward_backward"):
+            if self.key_encoder is None:
+                q, k = self.encoder(torch.cat([v1, v2])).chunk(2)  # (B, D) each
+                cost.trained_samples += 2 * b
+            else:
+                q = self.encoder(v1)
+                with torch.no_grad():
+                    k = self.key_encoder(v2)
+                cost.trained_samples += b
+                cost.nograd_encodes += b
+        with clock.phase("mining"):
+            negs = self.strategy.select(q, k, ctx)
+        with clock.phase("forward_backward"):
+            out = self.objective(negs)
+            self.opt.zero_grad(set_to_none=True)
+            out.loss.backward()
+            self.opt.step()
+            cost.objective_flops += objective_flops(negs)
+        with clock.phase("update"):
+            self.strategy.update(q.detach(), k.detach(), ctx)
+            if self.key_encoder is not None:
+                self._momentum_update()
+            self.meter.observe(negs, out.sim)
+            self._loss_sum += out.loss.detach()
+            self._loss_steps += 1
+        cost.state_bytes = max(cost.state_bytes, self.strategy.state_bytes())
+        self.budget.charge(b, cost.flops() - before)
+
+    @torch.no_grad()
+    def _momentum_update(self) -> None:
+        m = self.momentum
+        ks = list(self.key_encoder.parameters())
+        qs = list(self.encoder.parameters())
+        torch._foreach_mul_(ks, m)
+        torch._foreach_add_(ks, qs, alpha=1.0 - m)
+        for kb, qb in zip(self.key_encoder.buffers(), self.encoder.buffers(), strict=True):
+            kb.copy_(qb)
+
+    def _fraction_after(self, b: int) -> float:
+        bud = self.budget
+        if bud.kind == "samples":
+            return (bud.samples + b) / bud.total
+        if bud.kind == "steps":
+            return (bud.steps + 1) / bud.total
+        if bud.kind == "flops" and bud.steps:
+            return min(1.0, (bud.flops + bud.flops / bud.samples * b) / bud.total)
+        return bud.fraction
+
+    # -- logging (the only host syncs during training)
+    def log_point(self) -> dict[str, float]:
+        self.strategy.check()
+        loss = (self._loss_sum / max(self._loss_steps, 1)).item()
+        if not math.isfinite(loss):
+            raise RunFailed(f"loss is {loss} at step {self.budget.steps} (diverged; try a lower "
+                            f"optim.lr or a higher objective.temperature)")
+        self._loss_sum.zero_()
+        self._loss_steps = 0
+        interval, _ = self.meter.snapshot()
+        phases = self.clock.resolve()
+        now = time.perf_counter()
+        s0, t0 = self._last_log
+        dt = now - t0
+        point = {
+            "loss": loss,
+            "lr": self.lr,
+            "budget_fraction": self.budget.fraction,
+            "samples_per_second": (self.budget.samples - s0) / dt if dt > 0 else float("nan"),
+            **interval,
+            **{f"time_{p}": v for p, v in phases.items()},
+            **self.strategy.extra_metrics(),
+        }
+        self._last_log = (self.budget.samples, now)
+        point["samples_seen"] = self.budget.samples
+        self.history.append(point)
+        return point
+
+    def train(self, on_log: Callable[[dict[str, float]], None] | None = None) -> None:
+        cfg = self.cfg
+        self.encoder.train()
+        self.budget.start()
+        t0 = time.perf_counter()
+        self._last_log = (0, t0)
+        while (b := self.budget.next_batch_size()) > 0:
+            self.step(b)
+            if self.budget.steps % cfg.log_every == 0 or self.budget.done:
+                point = self.log_point()
+                if on_log is not None:
+                    on_log(point)
+        if self._loss_steps:
+            point = self.log_point()
+            if on_log is not None:
+                on_log(point)
+        self.train_seconds = time.perf_counter() - t0
+
+    def finish(self) -> dict[str, float]:
+        with self.clock.phase("eval"):
+            acc = evaluate(self.encoder, self.suite, self.data_on_device(), self.cfg.eval,
+                           self.cfg.seed)
+        _, total = self.meter.snapshot()
+        phases = self.clock.resolve()
+        b = self.budget
+        m: dict[str, float] = {
+            **acc,
+            **total,
+            "samples_seen": b.samples,
+            "steps": b.steps,
+            "wall_seconds": self.train_seconds,
+            "eval_seconds": phases["eval"],
+            "samples_per_second": b.samples / self.train_seconds if self.train_seconds else 0.0,
+            "budget_total": b.total,
+            "budget_spent": b.spent,
+            "peak_mem_mb": peak_host_mb(),
+            **self.cost.as_dict(),
+            **{f"time_{p}": v for p, v in phases.items()},
+        }
+        if self.device.type == "cuda":
+            m["peak_cuda_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+        self.deciles = self.meter.deciles()
+        for i, (e, f) in enumerate(zip(self.deciles["edges"], self.deciles["fnr"], strict=True)):
+            m[f"fnr_decile_{i}"] = f
+            m[f"hardness_decile_edge_{i}"] = e
+        return m
+
+    def data_on_device(self):
+        d = self.data
+        return type(d)(train=self.train_split, val=d.val.to(self.device),
+                       test=d.test.to(self.device), n_classes=d.n_classes,
+                       class_names=d.class_names)
+
+
+def run(cfg: RunConfig, *, tracking_uri: str | None = None, experiment: str = "negbench",
+        track: bool = True, data_dir: str | None = None,
+        on_log: Callable[[dict[str, float]], None] | None = None,
+        extra_tags: dict[str, str] | None = None) -> RunResult:
+    """Train, evaluate and (with ``track``) record one run in mlflow."""
+    trainer = Trainer(cfg, data_dir=data_dir)
+    tracker = None
+    if track:
+        tracker = Tracker(tracking_uri, experiment)
+        tags = run_tags(cfg, device_label(trainer.device))
+        tags.update(extra_tags or {})
+        tracker.start(f"{cfg.suite}/{cfg.strategy}/seed{cfg.seed}", cfg.flat(), tags)
+        tracker.log_json("config.json", cfg.to_dict())
+
+    def log(point: dict[str, Any]) -> None:
+        if tracker is not None:
+            tracker.log_metrics({k: v for k, v in point.items() if k != "samples_seen"},
+                                step=int(point["samples_seen"]))
+        if on_log is not None:
+            on_log(point)
+
+    try:
+        trainer.train(on_log=log)
+        metrics = trainer.finish()
+    except BaseException as e:
+        if tracker is not None:
+            reason = f"{type(e).__name__}: {e}"
+            tracker.set_tags({"failure": reason[:4000]})
+            tracker.end("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        raise
+    if tracker is not None:
+        tracker.log_metrics(metrics, step=int(trainer.budget.samples))
+        tracker.log_json("fnr_deciles.json", trainer.deciles)
+        tracker.end("FINISHED")
+    return RunResult(cfg, metrics, tracker.run_id if tracker else None, trainer.history,
+                     trainer.deciles)

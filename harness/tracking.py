@@ -1,0 +1,139 @@
+"""Every run is an mlflow run. The default store is a local sqlite database under
+``./negbench-runs/`` (mlflow's file store is in maintenance mode); ``--tracking-uri`` or
+``MLFLOW_TRACKING_URI`` points elsewhere (a shared tracking server, say).
+
+What a run records: params = the whole resolved config (dotted keys); tags = strategy, suite,
+seed, budget, objective, git commit, package versions, device; metric histories keyed by samples
+seen; the final metrics (``FINAL_METRICS`` at least); the config (and the FNR deciles) as
+artifacts. A run that fails is ended FAILED with its reason in the ``failure`` tag.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+DEFAULT_DIR = Path("negbench-runs")
+DEFAULT_EXPERIMENT = "negbench"
+FINAL_METRICS = ("knn_acc", "linear_acc", "fnr", "fnr_weighted", "hardness", "samples_seen",
+                 "steps", "flops", "wall_seconds", "peak_mem_mb")
+PACKAGES = ("torch", "torchvision", "optuna", "mlflow", "pandas", "rich", "scikit-learn",
+            "negbench")
+
+
+def default_uri(root: Path = DEFAULT_DIR) -> str:
+    return f"sqlite:///{(root / 'mlflow.db').resolve()}"
+
+
+def resolve_uri(uri: str | None = None) -> str:
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or default_uri()
+
+
+def git_commit() -> str:
+    """The commit of the negbench checkout (``+dirty`` if modified), or 'unknown'."""
+    here = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                             text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=here, capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (sha + ("+dirty" if dirty else "")) if sha else "unknown"
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for p in PACKAGES:
+        try:
+            out[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            out[p] = "absent"
+    return out
+
+
+class Tracker:
+    """A thin layer over ``MlflowClient`` (batched logging, sqlite default)."""
+
+    def __init__(self, uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT):
+        import logging
+
+        import mlflow
+        from mlflow import MlflowClient
+
+        # alembic's migration chatter on a new sqlite store is noise for our users
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+        self.uri = resolve_uri(uri)
+        if self.uri.startswith("sqlite:///"):
+            Path(self.uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        self._mlflow = mlflow
+        self.client = MlflowClient(tracking_uri=self.uri)
+        exp = self.client.get_experiment_by_name(experiment)
+        if exp is None:
+            loc = None
+            if self.uri.startswith("sqlite:///"):
+                db = Path(self.uri[len("sqlite:///"):])
+                loc = (db.parent / "artifacts").resolve().as_uri()
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location=loc)
+        else:
+            self.experiment_id = exp.experiment_id
+        self.run_id: str | None = None
+
+    def start(self, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
+        from mlflow.entities import Param
+
+        run = self.client.create_run(self.experiment_id, run_name=run_name,
+                                     tags={k: str(v) for k, v in tags.items()})
+        self.run_id = run.info.run_id
+        items = [Param(k, str(v)) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i:i + 100])
+        return self.run_id
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        items = [Metric(k, float(v), ts, int(step)) for k, v in metrics.items()
+                 if v is not None and v == v]  # NaN: nothing to log yet
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(self.run_id, metrics=items[i:i + 1000])
+
+    def log_json(self, name: str, obj: Any) -> None:
+        with tempfile.TemporaryDirectory() as d:
+            p = Path(d) / name
+            p.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+            self.client.log_artifact(self.run_id, str(p))
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(self.run_id, k, str(v))
+
+    def end(self, status: str = "FINISHED") -> None:
+        if self.run_id is not None:
+            self.client.set_terminated(self.run_id, status=status)
+
+
+def run_tags(cfg, device: str) -> dict[str, str]:
+    versions = package_versions()
+    tags = {
+        "strategy": cfg.strategy,
+        "suite": cfg.suite,
+        "seed": str(cfg.seed),
+        "budget": f"{cfg.budget.kind}={cfg.budget.amount:g}",
+        "objective": cfg.objective.name,
+        "git_commit": git_commit(),
+        "device": device,
+        "host": platform.node(),
+        "python": platform.python_version(),
+    }
+    tags.update({f"version.{k}": v for k, v in versions.items()})
+    return tags

@@ -1,0 +1,252 @@
+"""The contract between a negative-sampling strategy and the harness.
+
+A strategy looks at the anchors' embeddings and returns plain data, a :class:`Negatives`: which
+candidate embeddings each anchor is contrasted against, with optional weights, and where each
+candidate came from (dataset ids, so the harness can count false negatives with its oracle labels).
+It never computes the loss and never sees labels.
+
+Shared work lives here (pytorch-metric-learning's ``BaseMiner.forward`` -> ``mine`` pattern):
+shape, dtype and device checks on every call, and value checks (own instance never selected,
+weights finite and non-negative) accumulated on the device so that they cost no host sync;
+:meth:`Strategy.check` raises on them at the harness's log intervals.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+
+class StrategyError(ValueError):
+    """A strategy was misconfigured or returned invalid negatives."""
+
+
+# --------------------------------------------------------------------------- search spaces
+@dataclass(frozen=True)
+class Float:
+    """A continuous tuning range, optionally sampled on a log scale."""
+
+    low: float
+    high: float
+    log: bool = False
+
+
+@dataclass(frozen=True)
+class Int:
+    """An integer tuning range, optionally sampled on a log scale."""
+
+    low: int
+    high: int
+    log: bool = False
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A categorical tuning choice."""
+
+    options: tuple
+
+
+# --------------------------------------------------------------------------- plain data
+@dataclass
+class Negatives:
+    """What a strategy selected for one step.
+
+    Shapes: A anchors, P pool candidates, D embedding size, R label sources per candidate.
+
+    - ``anchors``/``positives`` (A, D): the pairs the objective pulls together. Usually the
+      query views and their keys; a symmetric strategy (SimCLR) returns both directions (A = 2B).
+    - ``anchor_ids`` (A,): dataset ids of the anchors.
+    - ``pool`` (P, D): candidate negatives; ``pool_ids`` (P,): their dataset ids, -1 for
+      synthesized candidates.
+    - ``mask`` (A, P) bool: which candidates each anchor uses.
+    - ``weights`` (A, P), optional: non-negative importance weights (1 where absent).
+    - ``sources``/``source_weights`` (P, R), optional: the real dataset ids whose oracle labels a
+      candidate stands for and with which weight. The rule for synthesized candidates: a mixed
+      negative counts its parents' labels by their mixing weights; a learned (adversarial) one
+      counts the label of its nearest real training embedding. Absent, ``sources`` is
+      ``pool_ids[:, None]`` with weight 1.
+    - ``tau_plus``: the class prior of the debiased estimator (Chuang et al. 2020); 0 = none.
+    - ``batch_views``: the number of leading pool columns that are this step's own views. Any
+      other pool entry holding the anchor's instance (a queue can) is an instance collision.
+    """
+
+    anchors: Tensor
+    positives: Tensor
+    anchor_ids: Tensor
+    pool: Tensor
+    pool_ids: Tensor
+    mask: Tensor
+    weights: Tensor | None = None
+    sources: Tensor | None = None
+    source_weights: Tensor | None = None
+    tau_plus: float = 0.0
+    batch_views: int = 0
+    extras: dict[str, Tensor] = dataclasses.field(default_factory=dict)
+
+    @property
+    def num_anchors(self) -> int:
+        return self.anchors.shape[0]
+
+    @property
+    def pool_size(self) -> int:
+        return self.pool.shape[0]
+
+    def label_sources(self) -> tuple[Tensor, Tensor]:
+        """``(sources, source_weights)`` for every pool candidate, shapes (P, R)."""
+        if self.sources is None:
+            ids = self.pool_ids[:, None]  # (P, 1)
+            return ids, torch.ones(ids.shape, dtype=self.pool.dtype, device=ids.device)
+        return self.sources, self.source_weights
+
+    def own_instance(self) -> Tensor:
+        """(A, P) bool: pool entries that hold the anchor's own instance."""
+        return self.anchor_ids[:, None] == self.pool_ids[None, :]
+
+
+@dataclass
+class StepContext:
+    """What a strategy may use besides the embeddings.
+
+    ``encode(ids, grad)`` embeds extra training items (one augmented view each, through the
+    encoder; with ``grad`` they are trained, otherwise encoded under no-grad). Every call is
+    charged to the cost meter by the harness; strategies charge their own similarity searches
+    through ``charge_mining`` (multiply-adds) and ``charge_adversary`` (parameter updates).
+    """
+
+    step: int
+    fraction: float  # of the budget spent before this step, in [0, 1)
+    ids: Tensor  # (B,) dataset ids of the batch
+    generator: torch.Generator
+    n_train: int
+    encode: Callable[[Tensor, bool], Tensor]
+    encode_all: Callable[[], Tensor]
+    charge_mining: Callable[[int], None] = lambda macs: None
+    charge_adversary: Callable[[int], None] = lambda n: None
+    key_encoder_momentum: float | None = None
+
+
+# --------------------------------------------------------------------------- base class
+class Strategy(nn.Module):
+    """Base class of every negative-sampling strategy.
+
+    A subclass sets ``name`` (via :func:`strategies.register`), ``Config`` (a frozen dataclass of
+    its knobs, with a ``space`` class attribute for tuning) and implements :meth:`mine`; a stateful
+    one also implements :meth:`update`. State lives in registered buffers.
+    """
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type] = None  # type: ignore[assignment]
+    paper: ClassVar[str] = ""
+
+    def __init__(self, cfg: Any, *, dim: int, n_train: int):
+        super().__init__()
+        if not dataclasses.is_dataclass(cfg) or not isinstance(cfg, self.Config):
+            raise StrategyError(f"{self.name}: expected a {self.Config.__name__}, got {cfg!r}")
+        self.cfg = cfg
+        self.dim = dim
+        self.n_train = n_train
+        self.register_buffer("_violations", torch.zeros((), dtype=torch.long), persistent=False)
+        self._last_violation = ""
+
+    # -- what the harness asks of a strategy
+    @property
+    def key_momentum(self) -> float | None:
+        """Momentum of the key encoder this strategy asks for (None: keys from the encoder)."""
+        return None
+
+    def state_bytes(self) -> int:
+        """Bytes of state kept between steps (queues, indexes, learned negatives)."""
+        total = sum(b.numel() * b.element_size() for n, b in self.named_buffers() if n[0] != "_")
+        total += sum(p.numel() * p.element_size() for p in self.parameters())
+        return total
+
+    def extra_metrics(self) -> dict[str, float]:
+        """Scalars the harness logs at each log interval (e.g. a curriculum's window)."""
+        return {}
+
+    # -- the step
+    def select(self, q: Tensor, k: Tensor, ctx: StepContext) -> Negatives:
+        if q.ndim != 2 or q.shape != k.shape:
+            raise StrategyError(f"{self.name}: q and k must both be (B, D); got {tuple(q.shape)} "
+                                f"and {tuple(k.shape)}")
+        if q.device != k.device:
+            raise StrategyError(f"{self.name}: q on {q.device} but k on {k.device}")
+        if ctx.ids.shape != (q.shape[0],):
+            raise StrategyError(f"{self.name}: ctx.ids must be ({q.shape[0]},), "
+                                f"got {tuple(ctx.ids.shape)}")
+        negs = self.mine(q, k, ctx)
+        self._check_shapes(negs, q)
+        self._count_violations(negs)
+        return negs
+
+    def mine(self, q: Tensor, k: Tensor, ctx: StepContext) -> Negatives:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def update(self, q: Tensor, k: Tensor, ctx: StepContext) -> None:
+        """Called after the optimizer step with detached q and k (bank enqueue, ascent, ...)."""
+
+    # -- validation
+    def _check_shapes(self, negs: Negatives, q: Tensor) -> None:
+        if not isinstance(negs, Negatives):
+            raise StrategyError(f"{self.name}: mine() must return Negatives, got {type(negs)}")
+        a, d = negs.anchors.shape
+        p = negs.pool.shape[0]
+        want = {
+            "positives": (negs.positives, (a, d)),
+            "anchor_ids": (negs.anchor_ids, (a,)),
+            "pool": (negs.pool, (p, d)),
+            "pool_ids": (negs.pool_ids, (p,)),
+            "mask": (negs.mask, (a, p)),
+        }
+        if negs.weights is not None:
+            want["weights"] = (negs.weights, (a, p))
+        if negs.sources is not None:
+            if negs.source_weights is None:
+                raise StrategyError(f"{self.name}: sources given without source_weights")
+            r = negs.sources.shape[1] if negs.sources.ndim == 2 else -1
+            want["sources"] = (negs.sources, (p, r))
+            want["source_weights"] = (negs.source_weights, (p, r))
+        for field, (t, shape) in want.items():
+            if tuple(t.shape) != shape:
+                raise StrategyError(f"{self.name}: Negatives.{field} has shape {tuple(t.shape)}, "
+                                    f"expected {shape}")
+            if t.device != q.device:
+                raise StrategyError(f"{self.name}: Negatives.{field} is on {t.device}, "
+                                    f"the anchors on {q.device}")
+        if negs.mask.dtype != torch.bool:
+            raise StrategyError(f"{self.name}: Negatives.mask must be bool, got {negs.mask.dtype}")
+        for field in ("anchor_ids", "pool_ids") + (("sources",) if negs.sources is not None else ()):
+            if getattr(negs, field).dtype != torch.long:
+                raise StrategyError(f"{self.name}: Negatives.{field} must be int64")
+        if not 0.0 <= negs.tau_plus < 1.0:
+            raise StrategyError(f"{self.name}: tau_plus must lie in [0, 1), got {negs.tau_plus}")
+        if not 0 <= negs.batch_views <= p:
+            raise StrategyError(f"{self.name}: batch_views={negs.batch_views} outside [0, {p}]")
+
+    @torch.no_grad()
+    def _count_violations(self, negs: Negatives) -> None:
+        """Accumulate value violations on the device: no host sync here."""
+        bad = (negs.mask & negs.own_instance()).sum()
+        if negs.weights is not None:
+            w = negs.weights
+            bad = bad + (~torch.isfinite(w) | (w < 0)).sum()
+        if negs.source_weights is not None:
+            sw = negs.source_weights
+            bad = bad + (~torch.isfinite(sw) | (sw < 0)).sum()
+        self._violations += bad
+
+    def check(self) -> None:
+        """Raise if any returned Negatives broke the contract (syncs with the device)."""
+        n = int(self._violations)
+        if n:
+            raise StrategyError(
+                f"{self.name}: {n} contract violations (an anchor's own instance selected as a "
+                "negative, or a negative/non-finite weight)"
+            )

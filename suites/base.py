@@ -1,0 +1,117 @@
+"""What a benchmark suite provides: data splits with oracle labels, two views of a batch (the
+positive pair), an encoder, and a default budget. Suites know nothing of the harness."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+
+class SuiteError(ValueError):
+    """A suite was misconfigured."""
+
+
+class DataUnavailable(SuiteError):
+    """A suite's data cannot be found; the message says how to get it."""
+
+
+@dataclass
+class Split:
+    x: Tensor  # (N, ...) stored form (uint8 images, token ids), on the CPU until the run moves it
+    y: Tensor  # (N,) int64 oracle labels
+
+    def __len__(self) -> int:
+        return self.y.shape[0]
+
+    def to(self, device) -> Split:
+        return Split(self.x.to(device), self.y.to(device))
+
+
+@dataclass
+class SuiteData:
+    train: Split
+    val: Split
+    test: Split
+    n_classes: int
+    class_names: tuple[str, ...] = ()
+
+    def split(self, name: str) -> Split:
+        if name not in ("train", "val", "test"):
+            raise SuiteError(f"unknown split {name!r}; allowed: train, val, test")
+        return getattr(self, name)
+
+
+class Suite:
+    """Base class of a suite. Subclasses set ``Config`` and the class attributes below and
+    implement :meth:`_load`, :meth:`view`, :meth:`prepare` and :meth:`build_encoder`."""
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type] = None  # type: ignore[assignment]
+    modality: ClassVar[str] = ""
+    source: ClassVar[str] = ""  # where the data comes from, for `negbench suites`
+    default_budget: ClassVar[tuple[str, float]] = ("samples", 50_000)
+    default_batch_size: ClassVar[int] = 256
+
+    def __init__(self, cfg: Any, *, data_dir: str | None = None):
+        if not isinstance(cfg, self.Config):
+            raise SuiteError(f"{self.name}: expected a {self.Config.__name__}, got {cfg!r}")
+        self.cfg = cfg
+        self.data_dir = data_dir
+        self._data: SuiteData | None = None
+
+    def load(self) -> SuiteData:
+        """The splits (cached after the first call)."""
+        if self._data is None:
+            self._data = self._load()
+        return self._data
+
+    def data_status(self) -> str:
+        """'present' or a one-line reason why the data is missing."""
+        try:
+            self.locate()
+        except DataUnavailable as e:
+            return str(e)
+        return "present"
+
+    def locate(self) -> str:
+        """Where the data will be read from; raises DataUnavailable when it cannot be found."""
+        return self.source
+
+    def describe_encoder(self) -> str:
+        enc = self.build_encoder()
+        n = sum(p.numel() for p in enc.parameters())
+        return f"{type(enc).__name__} ({n / 1e3:.0f}k params)"
+
+    # -- subclasses
+    def _load(self) -> SuiteData:
+        raise NotImplementedError
+
+    def view(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        """One randomly augmented view of each item of a stored batch, on the batch's device."""
+        raise NotImplementedError
+
+    def views(self, x: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """Two independent views of a stored batch: the positive pair."""
+        return self.view(x, generator), self.view(x, generator)
+
+    def prepare(self, x: Tensor) -> Tensor:
+        """A stored batch as encoder input, un-augmented (for evaluation)."""
+        raise NotImplementedError
+
+    def build_encoder(self) -> nn.Module:
+        """A fresh encoder: ``forward`` gives unit-norm projections, ``features`` the
+        representation that evaluation probes."""
+        raise NotImplementedError
+
+
+def stratified_holdout(idx, y, fraction: float, seed: int):
+    """Split index array ``idx`` (labels ``y[idx]``) into (kept, held-out), stratified by label,
+    fixed by ``seed``; both sorted."""
+    import numpy as np
+    from sklearn.model_selection import train_test_split
+
+    kept, held = train_test_split(idx, test_size=fraction, stratify=y[idx], random_state=seed)
+    return np.sort(kept), np.sort(held)

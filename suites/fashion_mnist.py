@@ -1,0 +1,130 @@
+"""``fashion-mnist``: Zalando's Fashion-MNIST (70,000 28x28 grey images, 10 classes).
+
+The files are looked for in this order: the run's ``--data-dir``; Debian's package
+``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist/``); torchvision's download into
+``~/.cache/negbench/`` where a network exists. The official 10,000-image test split is the test
+split; a stratified validation split is held out of the 60,000 training images.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from suites import DataUnavailable, Split, Suite, SuiteData, SuiteError, register
+from suites.base import stratified_holdout
+from suites.vision import AugmentConfig, SmallCNN, augment
+
+DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
+CACHE_DIR = Path(os.environ.get("NEGBENCH_CACHE", Path.home() / ".cache" / "negbench"))
+FILES = {
+    "train_x": "train-images-idx3-ubyte",
+    "train_y": "train-labels-idx1-ubyte",
+    "test_x": "t10k-images-idx3-ubyte",
+    "test_y": "t10k-labels-idx1-ubyte",
+}
+CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+           "Bag", "Ankle boot")
+HOW_TO_GET = ("get it with `apt-get install dataset-fashion-mnist` (Debian), pass --data-dir DIR "
+              "holding the four idx files (.gz or not), or run once with a network so "
+              "torchvision can download it")
+
+
+@dataclass(frozen=True)
+class FashionMNISTConfig:
+    val_size: int = 5000
+    split_seed: int = 0
+    width: int = 16
+    proj_dim: int = 64
+    download: bool = True  # try torchvision's download when no local copy is found
+    augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(
+        min_scale=0.6, rotate_deg=10.0, translate=0.1, hflip=True, jitter=0.4, noise=0.05))
+
+    def __post_init__(self):
+        if not 0 < self.val_size < 60000:
+            raise SuiteError("fashion-mnist: val_size must lie in (0, 60000)")
+
+
+def _find(d: Path, stem: str) -> Path | None:
+    for name in (stem, stem + ".gz"):
+        if (d / name).is_file():
+            return d / name
+    return None
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    ndim = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+@register("fashion-mnist")
+class FashionMNIST(Suite):
+    Config = FashionMNISTConfig
+    modality = "vision"
+    source = "--data-dir, Debian dataset-fashion-mnist, or torchvision download"
+    default_budget = ("samples", 120_000)
+    default_batch_size = 256
+
+    def _dir_with_files(self, d: Path) -> bool:
+        return all(_find(d, stem) for stem in FILES.values())
+
+    def locate(self) -> str:
+        if self.data_dir is not None:
+            d = Path(self.data_dir)
+            if not d.is_dir() or not os.access(d, os.R_OK | os.X_OK):
+                raise DataUnavailable(f"fashion-mnist: --data-dir {d} is not a readable directory")
+            for sub in (d, d / "FashionMNIST" / "raw", d / "fashion-mnist"):
+                if self._dir_with_files(sub):
+                    return str(sub)
+            raise DataUnavailable(f"fashion-mnist: no Fashion-MNIST idx files in --data-dir {d} "
+                                  f"(expected {', '.join(FILES.values())}, optionally .gz)")
+        for d in (Path(DEBIAN_DIR), CACHE_DIR / "FashionMNIST" / "raw"):
+            if self._dir_with_files(d):
+                return str(d)
+        if self.cfg.download:
+            return "torchvision download"
+        raise DataUnavailable(f"fashion-mnist: data not found; {HOW_TO_GET}")
+
+    def _download(self) -> Path:
+        from torchvision.datasets import FashionMNIST as TVFashion
+
+        try:
+            TVFashion(str(CACHE_DIR), train=True, download=True)
+            TVFashion(str(CACHE_DIR), train=False, download=True)
+        except Exception as e:  # no network, or a broken mirror
+            raise DataUnavailable(f"fashion-mnist: data not found and the download failed "
+                                  f"({type(e).__name__}); {HOW_TO_GET}") from None
+        return CACHE_DIR / "FashionMNIST" / "raw"
+
+    def _load(self) -> SuiteData:
+        where = self.locate()
+        d = self._download() if where == "torchvision download" else Path(where)
+        arr = {k: _read_idx(_find(d, stem)) for k, stem in FILES.items()}
+        ytr = arr["train_y"].astype(np.int64)
+        tr, va = stratified_holdout(np.arange(len(ytr)), ytr, self.cfg.val_size / len(ytr),
+                                    self.cfg.split_seed)
+        x = torch.from_numpy(arr["train_x"].copy())[:, None]  # (60000, 1, 28, 28) uint8
+        y = torch.from_numpy(ytr)
+        xt = torch.from_numpy(arr["test_x"].copy())[:, None]
+        yt = torch.from_numpy(arr["test_y"].astype(np.int64))
+        return SuiteData(train=Split(x[tr], y[tr]), val=Split(x[va], y[va]), test=Split(xt, yt),
+                         n_classes=10, class_names=CLASSES)
+
+    def prepare(self, x: Tensor) -> Tensor:
+        return x.float() / 255.0
+
+    def view(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        return augment(self.prepare(x), self.cfg.augment, generator)
+
+    def build_encoder(self) -> nn.Module:
+        return SmallCNN(1, self.cfg.width, self.cfg.proj_dim)
