@@ -32,18 +32,16 @@ def _acc_dtype(device: torch.device) -> torch.dtype:
 
 
 def false_negative_matrix(negs: Negatives, labels: Tensor) -> Tensor:
-    """(A, P) in [0, 1]: how much each pool candidate shares the anchor's label (1 or 0 for
-    real candidates; the weighted share of its label sources for synthesized ones)."""
+    """(A, P|K) in [0, 1]: how much each candidate shares the anchor's label (1 or 0 for real
+    candidates; the weighted share of its label sources for synthesized ones)."""
     la = labels[negs.anchor_ids]  # (A,)
     if negs.sources is None:
-        real = negs.pool_ids >= 0  # (P,)
-        lp = labels[negs.pool_ids.clamp_min(0)]  # (P,)
-        return ((la[:, None] == lp[None, :]) & real[None, :]).to(negs.pool.dtype)  # (A, P)
-    src, sw = negs.label_sources()  # (P, R)
+        cid = negs.candidate_ids()  # (1, P) or (A, K)
+        return ((la[:, None] == labels[cid.clamp_min(0)]) & (cid >= 0)).to(negs.pool.dtype)
+    src, sw = negs.label_sources()  # (1|A, P|K, R)
     sw = sw.to(negs.pool.dtype) * (src >= 0)
-    ls = labels[src.clamp_min(0)]  # (P, R)
-    same = (la[:, None, None] == ls[None]).to(sw.dtype)  # (A, P, R)
-    return (same * sw[None]).sum(-1) / sw.sum(-1).clamp_min(1e-12)[None]  # (A, P)
+    same = (la[:, None, None] == labels[src.clamp_min(0)]).to(sw.dtype)  # (A, P|K, R)
+    return (same * sw).sum(-1) / sw.sum(-1).clamp_min(1e-12)  # (A, P|K)
 
 
 class NegativeMeter:
@@ -57,13 +55,13 @@ class NegativeMeter:
 
     @torch.no_grad()
     def observe(self, negs: Negatives, sim: Tensor) -> None:
-        """Account one step's selection; ``sim`` is the (A, P) cosine similarity matrix."""
+        """Account one step's selection; ``sim`` is the (A, P|K) cosine similarity matrix."""
         dt = self.dtype
-        fn = false_negative_matrix(negs, self.labels)  # (A, P)
-        sel = negs.mask.to(fn.dtype)  # (A, P)
+        fn = false_negative_matrix(negs, self.labels)  # (A, P|K)
+        sel = negs.selected().to(fn.dtype)  # (A, P|K)
         w = sel if negs.weights is None else sel * negs.weights.to(fn.dtype)
         fn_sel = fn * sel
-        own = negs.own_instance()[:, negs.batch_views:]  # (A, P - batch_views)
+        own = negs.own_instance() & (negs.candidate_rows() >= negs.batch_views)  # (A, P|K)
         step = torch.stack([
             sel.sum(dtype=dt),
             fn_sel.sum(dtype=dt),

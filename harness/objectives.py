@@ -51,28 +51,29 @@ class ObjectiveConfig:
 @dataclass
 class ObjectiveOut:
     loss: Tensor  # () scalar
-    sim: Tensor  # (A, P) cosine similarities anchor x pool, detached
+    sim: Tensor  # (A, P|K) cosine similarities anchor x candidate, detached
     pos_sim: Tensor  # (A,) cosine similarity anchor x positive, detached
 
 
 def info_nce(negs: Negatives, temperature: float) -> ObjectiveOut:
     tau = temperature
     a, p = negs.anchors, negs.positives
-    sim = a @ negs.pool.T  # (A, P)
+    sim = negs.similarity()  # (A, P|K)
+    sel = negs.selected()  # (A, P|K)
     pos = (a * p).sum(-1)  # (A,)
     pos_l = pos / tau  # (A,)
-    neg_l = sim / tau  # (A, P)
+    neg_l = sim / tau  # (A, P|K)
     if negs.weights is None:
         log_w = torch.zeros((), dtype=sim.dtype, device=sim.device)
     else:
         log_w = torch.log(negs.weights.to(sim.dtype))  # (A, P), -inf where w = 0
-    neg_l = (neg_l + log_w).masked_fill(~negs.mask, float("-inf"))  # (A, P)
+    neg_l = (neg_l + log_w).masked_fill(~sel, float("-inf"))  # (A, P|K)
     if negs.tau_plus == 0.0:
         logits = torch.cat([pos_l[:, None], neg_l], dim=1)  # (A, 1 + P)
         loss = torch.logsumexp(logits, dim=1) - pos_l  # (A,)
     else:
         tp = negs.tau_plus
-        n = negs.mask.sum(1).to(sim.dtype)  # (A,) negatives per anchor
+        n = sel.sum(1).to(sim.dtype)  # (A,) negatives per anchor
         m = torch.maximum(pos_l, neg_l.amax(1)).detach()  # (A,) shift for stability
         m = torch.nan_to_num(m, neginf=0.0)
         e_pos = torch.exp(pos_l - m)  # (A,)
@@ -86,12 +87,12 @@ def info_nce(negs: Negatives, temperature: float) -> ObjectiveOut:
 
 def triplet(negs: Negatives, margin: float) -> ObjectiveOut:
     a, p = negs.anchors, negs.positives
-    sim = a @ negs.pool.T  # (A, P)
+    sim = negs.similarity()  # (A, P|K)
     pos = (a * p).sum(-1)  # (A,)
     d_an = torch.sqrt((2.0 - 2.0 * sim).clamp_min(1e-12))  # (A, P) ||a - n|| for unit vectors
     d_ap = torch.sqrt((2.0 - 2.0 * pos).clamp_min(1e-12))  # (A,)
     hinge = torch.relu(d_ap[:, None] - d_an + margin)  # (A, P)
-    w = negs.mask.to(sim.dtype)
+    w = negs.selected().to(sim.dtype)
     if negs.weights is not None:
         w = w * negs.weights.to(sim.dtype)
     loss = (hinge * w).sum() / w.sum().clamp_min(1e-12)
@@ -109,5 +110,5 @@ def make_objective(cfg: ObjectiveConfig):
 
 
 def objective_flops(negs: Negatives) -> int:
-    """FLOPs of the objective's similarity matmul, forward and backward (2 backward matmuls)."""
-    return 6 * negs.num_anchors * negs.pool_size * negs.anchors.shape[1]
+    """FLOPs of the objective's similarities, forward and backward (2 backward products)."""
+    return 6 * negs.num_anchors * negs.width * negs.anchors.shape[1]

@@ -53,7 +53,7 @@ def resolve_device(name: str) -> torch.device:
     except RuntimeError:
         raise ConfigError(f"device {name!r} is not a device (try auto, cpu, cuda, cuda:1)") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} asked for, but CUDA is not available here")
+        raise ConfigError(f"device {name!r} asked for, but CUDA is not available")
     return dev
 
 
@@ -157,7 +157,7 @@ class Trainer:
             step=self.budget.steps, fraction=self.budget.fraction, ids=ids, generator=self.gen,
             n_train=self.n_train, encode=self._encode, encode_all=self._encode_all,
             charge_mining=self._charge_mining, charge_adversary=self._charge_adversary,
-            key_encoder_momentum=self.momentum,
+            temperature=cfg.objective.temperature,
         )
         self.lr = learning_rate(cfg.optim, self._fraction_after(b))
         for group in self.opt.param_groups:

@@ -57,22 +57,28 @@ class Choice:
 class Negatives:
     """What a strategy selected for one step.
 
-    Shapes: A anchors, P pool candidates, D embedding size, R label sources per candidate.
+    Shapes: A anchors, P pool candidates, D embedding size, K candidates per anchor in index
+    form, R label sources per candidate.
 
     - ``anchors``/``positives`` (A, D): the pairs the objective pulls together. Usually the
       query views and their keys; a symmetric strategy (SimCLR) returns both directions (A = 2B).
     - ``anchor_ids`` (A,): dataset ids of the anchors.
     - ``pool`` (P, D): candidate negatives; ``pool_ids`` (P,): their dataset ids, -1 for
       synthesized candidates.
-    - ``mask`` (A, P) bool: which candidates each anchor uses.
-    - ``weights`` (A, P), optional: non-negative importance weights (1 where absent).
+    - Which candidates each anchor uses, in one of two forms:
+        * mask form (``index`` is None): ``mask`` (A, P) bool over the shared pool;
+        * index form: ``index`` (A, K) int64 rows of the pool for each anchor (for per-anchor
+          candidates: mined or synthesized for one anchor), with ``mask`` (A, K) marking the
+          valid ones (None: all valid). This keeps per-anchor pools at O(A x K).
+    - ``weights``, shaped like the selection ((A, P) or (A, K)), optional: non-negative
+      importance weights (1 where absent).
     - ``sources``/``source_weights`` (P, R), optional: the real dataset ids whose oracle labels a
       candidate stands for and with which weight. The rule for synthesized candidates: a mixed
       negative counts its parents' labels by their mixing weights; a learned (adversarial) one
       counts the label of its nearest real training embedding. Absent, ``sources`` is
       ``pool_ids[:, None]`` with weight 1.
     - ``tau_plus``: the class prior of the debiased estimator (Chuang et al. 2020); 0 = none.
-    - ``batch_views``: the number of leading pool columns that are this step's own views. Any
+    - ``batch_views``: the number of leading pool rows that are this step's own views. Any
       other pool entry holding the anchor's instance (a queue can) is an instance collision.
     """
 
@@ -81,13 +87,13 @@ class Negatives:
     anchor_ids: Tensor
     pool: Tensor
     pool_ids: Tensor
-    mask: Tensor
+    mask: Tensor | None = None
+    index: Tensor | None = None
     weights: Tensor | None = None
     sources: Tensor | None = None
     source_weights: Tensor | None = None
     tau_plus: float = 0.0
     batch_views: int = 0
-    extras: dict[str, Tensor] = dataclasses.field(default_factory=dict)
 
     @property
     def num_anchors(self) -> int:
@@ -97,16 +103,46 @@ class Negatives:
     def pool_size(self) -> int:
         return self.pool.shape[0]
 
+    @property
+    def width(self) -> int:
+        """Candidates per anchor row: P in mask form, K in index form."""
+        return self.pool.shape[0] if self.index is None else self.index.shape[1]
+
+    def selected(self) -> Tensor:
+        """(A, P|K) bool: the (anchor, candidate) pairs in use."""
+        if self.mask is not None:
+            return self.mask
+        return torch.ones(self.index.shape, dtype=torch.bool, device=self.index.device)
+
+    def similarity(self) -> Tensor:
+        """(A, P|K) dot products anchor x candidate (cosine for unit vectors), with gradients."""
+        if self.index is None:
+            return self.anchors @ self.pool.T  # (A, P)
+        cand = self.pool[self.index]  # (A, K, D)
+        return torch.einsum("ad,akd->ak", self.anchors, cand)  # (A, K)
+
+    def candidate_ids(self) -> Tensor:
+        """(1, P) or (A, K) dataset ids of each row's candidates."""
+        return self.pool_ids[None, :] if self.index is None else self.pool_ids[self.index]
+
+    def candidate_rows(self) -> Tensor:
+        """(1, P) or (A, K): each candidate's row in the pool."""
+        if self.index is None:
+            return torch.arange(self.pool_size, device=self.pool.device)[None, :]
+        return self.index
+
     def label_sources(self) -> tuple[Tensor, Tensor]:
-        """``(sources, source_weights)`` for every pool candidate, shapes (P, R)."""
+        """``(sources, source_weights)`` per candidate: (1, P, R) or (A, K, R)."""
         if self.sources is None:
-            ids = self.pool_ids[:, None]  # (P, 1)
+            ids = self.candidate_ids()[..., None]  # (., ., 1)
             return ids, torch.ones(ids.shape, dtype=self.pool.dtype, device=ids.device)
-        return self.sources, self.source_weights
+        if self.index is None:
+            return self.sources[None], self.source_weights[None]
+        return self.sources[self.index], self.source_weights[self.index]
 
     def own_instance(self) -> Tensor:
-        """(A, P) bool: pool entries that hold the anchor's own instance."""
-        return self.anchor_ids[:, None] == self.pool_ids[None, :]
+        """(A, P|K) bool: candidates that hold the anchor's own instance."""
+        return self.anchor_ids[:, None] == self.candidate_ids()
 
 
 @dataclass
@@ -128,7 +164,7 @@ class StepContext:
     encode_all: Callable[[], Tensor]
     charge_mining: Callable[[int], None] = lambda macs: None
     charge_adversary: Callable[[int], None] = lambda n: None
-    key_encoder_momentum: float | None = None
+    temperature: float = 0.2  # the objective's tau, for strategies whose weights use it (HCL)
 
 
 # --------------------------------------------------------------------------- base class
@@ -203,10 +239,22 @@ class Strategy(nn.Module):
             "anchor_ids": (negs.anchor_ids, (a,)),
             "pool": (negs.pool, (p, d)),
             "pool_ids": (negs.pool_ids, (p,)),
-            "mask": (negs.mask, (a, p)),
         }
+        if negs.index is None:
+            if negs.mask is None:
+                raise StrategyError(f"{self.name}: Negatives needs a mask (A, P) "
+                                    "or an index (A, K)")
+            sel = (a, p)
+        else:
+            if negs.index.ndim != 2 or negs.index.shape[0] != a:
+                raise StrategyError(f"{self.name}: Negatives.index has shape "
+                                    f"{tuple(negs.index.shape)}, expected ({a}, K)")
+            sel = (a, negs.index.shape[1])
+            want["index"] = (negs.index, sel)
+        if negs.mask is not None:
+            want["mask"] = (negs.mask, sel)
         if negs.weights is not None:
-            want["weights"] = (negs.weights, (a, p))
+            want["weights"] = (negs.weights, sel)
         if negs.sources is not None:
             if negs.source_weights is None:
                 raise StrategyError(f"{self.name}: sources given without source_weights")
@@ -220,9 +268,11 @@ class Strategy(nn.Module):
             if t.device != q.device:
                 raise StrategyError(f"{self.name}: Negatives.{field} is on {t.device}, "
                                     f"the anchors on {q.device}")
-        if negs.mask.dtype != torch.bool:
+        if negs.mask is not None and negs.mask.dtype != torch.bool:
             raise StrategyError(f"{self.name}: Negatives.mask must be bool, got {negs.mask.dtype}")
-        for field in ("anchor_ids", "pool_ids") + (("sources",) if negs.sources is not None else ()):
+        longs = ("anchor_ids", "pool_ids") + (("sources",) if negs.sources is not None else ())
+        longs += ("index",) if negs.index is not None else ()
+        for field in longs:
             if getattr(negs, field).dtype != torch.long:
                 raise StrategyError(f"{self.name}: Negatives.{field} must be int64")
         if not 0.0 <= negs.tau_plus < 1.0:
@@ -233,7 +283,9 @@ class Strategy(nn.Module):
     @torch.no_grad()
     def _count_violations(self, negs: Negatives) -> None:
         """Accumulate value violations on the device: no host sync here."""
-        bad = (negs.mask & negs.own_instance()).sum()
+        bad = (negs.selected() & negs.own_instance()).sum()
+        if negs.index is not None:
+            bad = bad + ((negs.index < 0) | (negs.index >= negs.pool_size)).sum()
         if negs.weights is not None:
             w = negs.weights
             bad = bad + (~torch.isfinite(w) | (w < 0)).sum()
@@ -248,5 +300,5 @@ class Strategy(nn.Module):
         if n:
             raise StrategyError(
                 f"{self.name}: {n} contract violations (an anchor's own instance selected as a "
-                "negative, or a negative/non-finite weight)"
+                "negative, an index outside the pool, or a negative/non-finite weight)"
             )
