@@ -51,7 +51,7 @@ def resolve_device(name: str) -> torch.device:
     try:
         dev = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"device {name!r} is not a device (try auto, cpu, cuda, cuda:1)") from None
+        raise ConfigError(f"device {name!r} is not a device (try auto, cpu, cuda:0)") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} asked for, but CUDA is not available")
     return dev
