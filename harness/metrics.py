@@ -91,14 +91,14 @@ class NegativeMeter:
 
     def snapshot(self) -> tuple[dict[str, float], dict[str, float]]:
         """(since the last snapshot, whole run so far). Syncs with the device."""
-        total = self.acc.to("cpu", torch.float64)
+        total = self.acc.to("cpu", torch.float64, copy=True)  # copy: on a CPU run .to() aliases
         interval = self._ratios((total - self._prev).tolist())
         self._prev = total
         return interval, self._ratios(total.tolist())
 
     def deciles(self) -> dict[str, list[float]]:
         """Hardness decile edges (similarity) and the FNR within each decile."""
-        h = self.hist.to("cpu", torch.float64)
+        h = self.hist.to("cpu", torch.float64, copy=True)
         count, fn = h[0], h[1]
         n = float(count.sum())
         if n == 0:

@@ -56,11 +56,13 @@ def augment(x: Tensor, cfg: AugmentConfig, g: torch.Generator) -> Tensor:
 
 
 class SmallCNN(nn.Module):
-    """Three conv blocks (the last two strided), global average pooling, and a two-layer
+    """Three conv blocks (the last two strided; the first too with ``stem_stride=2``, for
+    28x28 inputs on a CPU budget), global average pooling, and a two-layer
     projection head. ``features`` is the 4*width representation that evaluation probes;
     ``forward`` the unit-norm projection the objective sees."""
 
-    def __init__(self, in_channels: int = 1, width: int = 32, proj_dim: int = 64):
+    def __init__(self, in_channels: int = 1, width: int = 32, proj_dim: int = 64,
+                 stem_stride: int = 1):
         super().__init__()
 
         def block(cin: int, cout: int, stride: int) -> list[nn.Module]:
@@ -69,7 +71,7 @@ class SmallCNN(nn.Module):
 
         w = width
         self.backbone = nn.Sequential(
-            *block(in_channels, w, 1), *block(w, 2 * w, 2), *block(2 * w, 4 * w, 2),
+            *block(in_channels, w, stem_stride), *block(w, 2 * w, 2), *block(2 * w, 4 * w, 2),
             nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         )
         self.feature_dim = 4 * w

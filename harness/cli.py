@@ -1,0 +1,300 @@
+"""The ``negbench`` command.
+
+Bad input (an unknown suite, strategy or key, a value of the wrong type, a non-positive budget,
+an unreadable data directory) ends with one line on stderr and exit status 2, never a traceback;
+a run that fails (diverges, breaks the strategy contract) ends with one line and status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+
+EXIT_USAGE = 2
+EXIT_FAILED = 1
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+def _add_run_args(p: argparse.ArgumentParser, single: bool = True) -> None:
+    if single:
+        p.add_argument("--suite", required=True, help="suite name (see `negbench suites`)")
+        p.add_argument("--strategy", required=True,
+                       help="strategy name (see `negbench strategies`)")
+        p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--budget", default=None, metavar="KIND=AMOUNT",
+                   help="training budget: samples=N (default kind), steps=N, flops=X or "
+                        "seconds=X; default: the suite's")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. optim.lr=0.01, objective.temperature=0.1, "
+                        "strategy.K=512, suite.width=16, batch_size=128 (repeatable)")
+    p.add_argument("--data-dir", default=None, help="where a suite looks for its data first")
+    p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1, mps")
+    p.add_argument("--tracking-uri", default=None,
+                   help="mlflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
+                        "sqlite:///negbench-runs/mlflow.db)")
+    p.add_argument("--experiment", default=None, help="mlflow experiment name")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="negbench",
+        description="Benchmark negative-sampling strategies for contrastive learning under "
+                    "identical budgets: downstream accuracy, false-negative rate and compute "
+                    "cost, tracked in mlflow.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser,
+                                metavar="COMMAND")
+
+    p = sub.add_parser("run", help="train and evaluate one strategy on one suite",
+                       description="Train one strategy on one suite under a budget, evaluate "
+                                   "the frozen encoder (kNN and linear probe) and record the "
+                                   "run in mlflow.")
+    _add_run_args(p)
+    p.add_argument("--json", action="store_true",
+                   help="print the final metrics as one JSON object on stdout")
+
+    p = sub.add_parser("demo", help="every strategy on digits, with a comparison table",
+                       description="Run every registered strategy on a suite (digits by "
+                                   "default) with the same budget and seed(s), record each run "
+                                   "in mlflow, and print a comparison table.")
+    p.add_argument("--suite", default="digits", help="suite name (default digits)")
+    p.add_argument("--seeds", type=int, default=1, help="seeds per strategy (default 1)")
+    p.add_argument("--strategies", default="all",
+                   help="comma-separated strategy names (default: all registered)")
+    _add_run_args(p, single=False)
+
+    sub.add_parser("strategies", help="list the registered strategies",
+                   description="List every registered strategy with its paper and knobs.")
+    p = sub.add_parser("suites", help="list the suites and whether their data is present",
+                       description="List every suite: data source, size, encoder, default "
+                                   "budget and whether its data is present.")
+    p.add_argument("--data-dir", default=None, help="where suites look for their data first")
+    return parser
+
+
+# --------------------------------------------------------------------------- commands
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _config(args, suite: str, strategy: str, seed: int):
+    from harness.config import build_config, parse_budget, parse_sets
+
+    sets = parse_sets(args.sets)
+    if args.device:
+        sets["device"] = args.device
+    budget = parse_budget(args.budget) if args.budget else None
+    cfg = build_config(suite, strategy, seed=seed, budget=budget, sets=sets)
+    import suites
+
+    suites.create(cfg.suite, cfg.suite_cfg, data_dir=args.data_dir).locate()  # fail before work
+    return cfg
+
+
+def _run_one(cfg, args, experiment: str, progress, task=None):
+    from harness.runner import run
+
+    def on_log(point):
+        if progress is not None and task is not None:
+            progress.update(task, completed=point["budget_fraction"] * 100, loss=point["loss"],
+                            fnr=point.get("fnr", math.nan), sps=point["samples_per_second"])
+
+    return run(cfg, tracking_uri=args.tracking_uri, experiment=experiment,
+               data_dir=args.data_dir, on_log=on_log)
+
+
+def _progress(console, disable: bool):
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
+        TextColumn("loss {task.fields[loss]:.3f}  fnr {task.fields[fnr]:.3f}  "
+                   "{task.fields[sps]:,.0f} samples/s"),
+        TimeElapsedColumn(), console=console, disable=disable, transient=False,
+    )
+
+
+def cmd_run(args) -> int:
+    from harness.tracking import resolve_uri
+
+    cfg = _config(args, args.suite, args.strategy, args.seed)
+    console = _console()
+    with _progress(console, args.no_progress) as progress:
+        task = progress.add_task(f"{cfg.suite}/{cfg.strategy} seed {cfg.seed}", total=100,
+                                 loss=math.nan, fnr=math.nan, sps=0.0)
+        result = _run_one(cfg, args, args.experiment or "negbench", progress, task)
+    if args.json:
+        print(json.dumps({"run_id": result.run_id, **result.metrics}, sort_keys=True))
+    else:
+        from rich.table import Table
+
+        t = Table(title=f"{cfg.suite} / {cfg.strategy} / seed {cfg.seed}")
+        t.add_column("metric")
+        t.add_column("value", justify="right")
+        for k in ("knn_acc", "linear_acc", "fnr", "fnr_weighted", "hardness",
+                  "collisions_per_anchor", "samples_seen", "steps", "flops", "wall_seconds",
+                  "samples_per_second", "peak_mem_mb"):
+            t.add_row(k, _fmt(result.metrics.get(k)))
+        console.print(t)
+        console.print(f"mlflow run {result.run_id} in {resolve_uri(args.tracking_uri)}")
+    return 0
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float) and not math.isfinite(v):
+        return "n/a"
+    if abs(v) >= 1e6:
+        return f"{v:.3g}"
+    if float(v).is_integer():
+        return f"{int(v):,}"
+    return f"{v:.4f}" if abs(v) < 10 else f"{v:,.1f}"
+
+
+def cmd_demo(args) -> int:
+    import statistics
+
+    from rich.table import Table
+
+    import strategies
+    from harness.runner import RunFailed
+    from harness.tracking import resolve_uri
+
+    names = strategies.names() if args.strategies == "all" else [
+        s.strip() for s in args.strategies.split(",") if s.strip()]
+    if args.seeds < 1:
+        raise _UserError("--seeds must be >= 1")
+    cfgs = [_config(args, args.suite, n, seed) for n in names for seed in range(args.seeds)]
+    console = _console()
+    experiment = args.experiment or "negbench-demo"
+    results, failures = {}, {}
+    with _progress(console, args.no_progress) as progress:
+        overall = progress.add_task(f"demo: {len(cfgs)} runs", total=len(cfgs), loss=math.nan,
+                                    fnr=math.nan, sps=0.0)
+        for cfg in cfgs:
+            task = progress.add_task(f"{cfg.suite}/{cfg.strategy} seed {cfg.seed}", total=100,
+                                     loss=math.nan, fnr=math.nan, sps=0.0)
+            try:
+                r = _run_one(cfg, args, experiment, progress, task)
+                results.setdefault(cfg.strategy, []).append(r.metrics)
+            except RunFailed as e:
+                failures[f"{cfg.strategy} seed {cfg.seed}"] = str(e)
+            progress.remove_task(task)
+            progress.advance(overall)
+    t = Table(title=f"{args.suite}: every strategy under one budget "
+                    f"({cfgs[0].budget.kind}={cfgs[0].budget.amount:g}, "
+                    f"{args.seeds} seed{'s' if args.seeds > 1 else ''})")
+    cols = [("knn_acc", "kNN acc"), ("linear_acc", "linear acc"), ("fnr", "FNR"),
+            ("hardness", "hardness"), ("wall_seconds", "wall s"),
+            ("samples_per_second", "samples/s"), ("flops", "FLOPs")]
+    t.add_column("strategy")
+    for _, title in cols:
+        t.add_column(title, justify="right")
+    order = sorted(results, key=lambda n: -statistics.mean(m["knn_acc"] for m in results[n]))
+    for n in order:
+        ms = results[n]
+        cells = []
+        for key, _ in cols:
+            vals = [m[key] for m in ms]
+            mean = statistics.mean(vals)
+            cells.append(_fmt(mean) + (f" ± {statistics.stdev(vals):.3f}"
+                                       if len(vals) > 1 and key in ("knn_acc", "linear_acc", "fnr")
+                                       else ""))
+        t.add_row(n, *cells)
+    console.print(t)
+    for k, why in failures.items():
+        console.print(f"[red]failed[/red] {k}: {why}")
+    console.print(f"runs recorded in mlflow experiment {experiment!r} at "
+                  f"{resolve_uri(args.tracking_uri)}")
+    return EXIT_FAILED if failures else 0
+
+
+def cmd_strategies(args) -> int:
+    import dataclasses
+
+    from rich.console import Console
+    from rich.table import Table
+
+    import strategies
+
+    t = Table(title="negative-sampling strategies")
+    for c in ("name", "paper", "knobs (defaults)"):
+        t.add_column(c)
+    for n in strategies.names():
+        cls = strategies.get(n)
+        knobs = ", ".join(f"{f.name}={getattr(cls.Config(), f.name)!r}"
+                          for f in dataclasses.fields(cls.Config))
+        t.add_row(n, cls.paper, knobs or "-")
+    Console().print(t)
+    return 0
+
+
+def cmd_suites(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    import suites
+
+    t = Table(title="benchmark suites")
+    for c in ("name", "modality", "data source", "size (train/val/test)", "encoder",
+              "default budget", "data"):
+        t.add_column(c)
+    for n in suites.names():
+        s = suites.create(n, data_dir=args.data_dir)
+        status = s.data_status()
+        size = "-"
+        if status == "present":
+            d = s.load()
+            size = f"{len(d.train):,}/{len(d.val):,}/{len(d.test):,}"
+        kind, amount = s.default_budget
+        t.add_row(n, s.modality, s.source, size, s.describe_encoder(), f"{kind}={amount:,.0f}",
+                  status)
+    Console().print(t)
+    return 0
+
+
+class _UserError(ValueError):
+    pass
+
+
+COMMANDS = {"run": cmd_run, "demo": cmd_demo, "strategies": cmd_strategies, "suites": cmd_suites}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from harness.config import ConfigError
+    from harness.runner import RunFailed
+    from strategies import StrategyError
+    from strategies.registry import RegistryError
+    from suites import SuiteError
+
+    try:
+        return COMMANDS[args.command](args)
+    except (ConfigError, RegistryError, SuiteError, StrategyError, _UserError) as e:
+        sys.stderr.write(f"negbench {args.command}: error: {e}\n")
+        return EXIT_USAGE
+    except RunFailed as e:
+        sys.stderr.write(f"negbench {args.command}: run failed: {e}\n")
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        sys.stderr.write(f"negbench {args.command}: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

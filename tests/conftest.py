@@ -1,0 +1,50 @@
+"""Shared test helpers.
+
+``make_ctx`` builds a StepContext whose ``encode`` looks rows up in a fixed table of unit
+vectors: the unit tests of a strategy's vectorised selection exercise it on arbitrary embeddings;
+the suites' real data is exercised by the end-to-end tests.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from strategies import StepContext
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+class Table:
+    """A fake encoder over N items: row i of a fixed (N, D) table of unit vectors."""
+
+    def __init__(self, n: int, d: int, seed: int = 0, device: str = "cpu"):
+        g = torch.Generator().manual_seed(seed)
+        self.z = F.normalize(torch.randn(n, d, generator=g), dim=1).to(device)
+        self.encoded = 0
+        self.refreshes = 0
+
+    def encode(self, ids: torch.Tensor, grad: bool) -> torch.Tensor:
+        self.encoded += ids.shape[0]
+        return self.z[ids]
+
+    def encode_all(self) -> torch.Tensor:
+        self.refreshes += 1
+        return self.z.clone()
+
+
+def make_ctx(ids: torch.Tensor, table: Table, *, step: int = 0, fraction: float = 0.0,
+             seed: int = 0, temperature: float = 0.2, mining: list | None = None) -> StepContext:
+    g = torch.Generator(device=ids.device).manual_seed(seed)
+    charges = mining if mining is not None else []
+    return StepContext(step=step, fraction=fraction, ids=ids, generator=g,
+                       n_train=table.z.shape[0], encode=table.encode, encode_all=table.encode_all,
+                       charge_mining=charges.append, temperature=temperature)
+
+
+@pytest.fixture
+def table() -> Table:
+    return Table(300, 16)
