@@ -35,8 +35,8 @@ def false_negative_matrix(negs: Negatives, labels: Tensor) -> Tensor:
     """(A, P|K) in [0, 1]: how much each candidate shares the anchor's label (1 or 0 for real
     candidates; the weighted share of its label sources for synthesized ones)."""
     la = labels[negs.anchor_ids]  # (A,)
-    if negs.sources is None:
-        cid = negs.candidate_ids()  # (1, P) or (A, K)
+    if negs.sources is None and negs.extra_sources is None:
+        cid = negs.candidate_ids()  # (1, P) or (A, W)
         return ((la[:, None] == labels[cid.clamp_min(0)]) & (cid >= 0)).to(negs.pool.dtype)
     src, sw = negs.label_sources()  # (1|A, P|K, R)
     sw = sw.to(negs.pool.dtype) * (src >= 0)
@@ -59,7 +59,8 @@ class NegativeMeter:
         dt = self.dtype
         fn = false_negative_matrix(negs, self.labels)  # (A, P|K)
         sel = negs.selected().to(fn.dtype)  # (A, P|K)
-        w = sel if negs.weights is None else sel * negs.weights.to(fn.dtype)
+        weights = negs.candidate_weights()
+        w = sel if weights is None else sel * weights.to(fn.dtype)
         fn_sel = fn * sel
         own = negs.own_instance() & (negs.candidate_rows() >= negs.batch_views)  # (A, P|K)
         step = torch.stack([

@@ -63,10 +63,11 @@ def info_nce(negs: Negatives, temperature: float) -> ObjectiveOut:
     pos = (a * p).sum(-1)  # (A,)
     pos_l = pos / tau  # (A,)
     neg_l = sim / tau  # (A, P|K)
-    if negs.weights is None:
+    weights = negs.candidate_weights()
+    if weights is None:
         log_w = torch.zeros((), dtype=sim.dtype, device=sim.device)
     else:
-        log_w = torch.log(negs.weights.to(sim.dtype))  # (A, P), -inf where w = 0
+        log_w = torch.log(weights.to(sim.dtype))  # (A, P|K), -inf where w = 0
     neg_l = (neg_l + log_w).masked_fill(~sel, float("-inf"))  # (A, P|K)
     if negs.tau_plus == 0.0:
         logits = torch.cat([pos_l[:, None], neg_l], dim=1)  # (A, 1 + P)
@@ -93,8 +94,9 @@ def triplet(negs: Negatives, margin: float) -> ObjectiveOut:
     d_ap = torch.sqrt((2.0 - 2.0 * pos).clamp_min(1e-12))  # (A,)
     hinge = torch.relu(d_ap[:, None] - d_an + margin)  # (A, P)
     w = negs.selected().to(sim.dtype)
-    if negs.weights is not None:
-        w = w * negs.weights.to(sim.dtype)
+    weights = negs.candidate_weights()
+    if weights is not None:
+        w = w * weights.to(sim.dtype)
     loss = (hinge * w).sum() / w.sum().clamp_min(1e-12)
     return ObjectiveOut(loss=loss, sim=sim.detach(), pos_sim=pos.detach())
 

@@ -77,9 +77,15 @@ class Negatives:
       negative counts its parents' labels by their mixing weights; a learned (adversarial) one
       counts the label of its nearest real training embedding. Absent, ``sources`` is
       ``pool_ids[:, None]`` with weight 1.
+    - ``extra`` (A, S, D), optional: per-anchor candidates on top of the shared selection
+      (mined for, or synthesized from, one anchor: MoCHi's mixes), with ``extra_ids`` (A, S)
+      (-1 for synthesized), ``extra_mask`` (A, S) (None: all valid), ``extra_weights`` (A, S)
+      and ``extra_sources``/``extra_source_weights`` (A, S, R') as above. They cost O(A x S x D),
+      not a pool row per anchor. Every method below appends them as S more columns.
     - ``tau_plus``: the class prior of the debiased estimator (Chuang et al. 2020); 0 = none.
     - ``batch_views``: the number of leading pool rows that are this step's own views. Any
-      other pool entry holding the anchor's instance (a queue can) is an instance collision.
+      other pool entry holding the anchor's instance (a queue can) is an instance collision;
+      so is an extra candidate holding it.
     """
 
     anchors: Tensor
@@ -92,6 +98,12 @@ class Negatives:
     weights: Tensor | None = None
     sources: Tensor | None = None
     source_weights: Tensor | None = None
+    extra: Tensor | None = None
+    extra_ids: Tensor | None = None
+    extra_mask: Tensor | None = None
+    extra_weights: Tensor | None = None
+    extra_sources: Tensor | None = None
+    extra_source_weights: Tensor | None = None
     tau_plus: float = 0.0
     batch_views: int = 0
 
@@ -105,43 +117,101 @@ class Negatives:
 
     @property
     def width(self) -> int:
-        """Candidates per anchor row: P in mask form, K in index form."""
-        return self.pool.shape[0] if self.index is None else self.index.shape[1]
+        """Candidate columns per anchor: P (mask form) or K (index form), plus S extras."""
+        w = self.pool.shape[0] if self.index is None else self.index.shape[1]
+        return w + (0 if self.extra is None else self.extra.shape[1])
+
+    def _with_extra(self, shared: Tensor, extra: Tensor | None) -> Tensor:
+        """Append the S extra columns to a (1|A, W, ...) shared-selection tensor."""
+        if self.extra is None:
+            return shared
+        a = self.num_anchors
+        return torch.cat([shared.expand(a, *shared.shape[1:]), extra], dim=1)
 
     def selected(self) -> Tensor:
-        """(A, P|K) bool: the (anchor, candidate) pairs in use."""
+        """(A, W) bool: the (anchor, candidate) pairs in use."""
         if self.mask is not None:
-            return self.mask
-        return torch.ones(self.index.shape, dtype=torch.bool, device=self.index.device)
+            sel = self.mask
+        else:
+            sel = torch.ones(self.index.shape, dtype=torch.bool, device=self.index.device)
+        if self.extra is None:
+            return sel
+        em = self.extra_mask
+        if em is None:
+            em = torch.ones(self.extra.shape[:2], dtype=torch.bool, device=self.extra.device)
+        return torch.cat([sel, em], dim=1)
 
     def similarity(self) -> Tensor:
-        """(A, P|K) dot products anchor x candidate (cosine for unit vectors), with gradients."""
+        """(A, W) dot products anchor x candidate (cosine for unit vectors), with gradients."""
         if self.index is None:
-            return self.anchors @ self.pool.T  # (A, P)
-        cand = self.pool[self.index]  # (A, K, D)
-        return torch.einsum("ad,akd->ak", self.anchors, cand)  # (A, K)
+            sim = self.anchors @ self.pool.T  # (A, P)
+        else:
+            cand = self.pool[self.index]  # (A, K, D)
+            sim = torch.einsum("ad,akd->ak", self.anchors, cand)  # (A, K)
+        if self.extra is None:
+            return sim
+        return torch.cat([sim, torch.einsum("ad,asd->as", self.anchors, self.extra)], dim=1)
+
+    def candidate_weights(self) -> Tensor | None:
+        """(A, W) weights, or None when no candidate is weighted."""
+        if self.weights is None and self.extra_weights is None:
+            return None
+        w = self.weights
+        if w is None:
+            w = torch.ones(self.width - self.extra.shape[1], dtype=self.anchors.dtype,
+                           device=self.anchors.device).expand(self.num_anchors, -1)
+        if self.extra is None:
+            return w
+        ew = self.extra_weights
+        if ew is None:
+            ew = torch.ones(self.extra.shape[:2], dtype=w.dtype, device=w.device)
+        return torch.cat([w, ew], dim=1)
 
     def candidate_ids(self) -> Tensor:
-        """(1, P) or (A, K) dataset ids of each row's candidates."""
-        return self.pool_ids[None, :] if self.index is None else self.pool_ids[self.index]
+        """(1, P) or (A, W) dataset ids of each row's candidates."""
+        ids = self.pool_ids[None, :] if self.index is None else self.pool_ids[self.index]
+        return self._with_extra(ids, self.extra_ids)
 
     def candidate_rows(self) -> Tensor:
-        """(1, P) or (A, K): each candidate's row in the pool."""
+        """(1, P) or (A, W): each candidate's pool row (extras count as rows past the pool)."""
         if self.index is None:
-            return torch.arange(self.pool_size, device=self.pool.device)[None, :]
-        return self.index
+            rows = torch.arange(self.pool_size, device=self.pool.device)[None, :]
+        else:
+            rows = self.index
+        if self.extra is None:
+            return rows
+        s = self.extra.shape[1]
+        extra_rows = self.pool_size + torch.arange(s, device=rows.device)
+        return self._with_extra(rows, extra_rows[None, :].expand(self.num_anchors, s))
 
     def label_sources(self) -> tuple[Tensor, Tensor]:
-        """``(sources, source_weights)`` per candidate: (1, P, R) or (A, K, R)."""
+        """``(sources, source_weights)`` per candidate: (1, P, R) or (A, W, R)."""
+        dt, dev = self.pool.dtype, self.pool.device
         if self.sources is None:
-            ids = self.candidate_ids()[..., None]  # (., ., 1)
-            return ids, torch.ones(ids.shape, dtype=self.pool.dtype, device=ids.device)
-        if self.index is None:
-            return self.sources[None], self.source_weights[None]
-        return self.sources[self.index], self.source_weights[self.index]
+            ids = (self.pool_ids[None, :] if self.index is None
+                   else self.pool_ids[self.index])[..., None]  # (1|A, P|K, 1)
+            src, sw = ids, torch.ones(ids.shape, dtype=dt, device=dev)
+        elif self.index is None:
+            src, sw = self.sources[None], self.source_weights[None]
+        else:
+            src, sw = self.sources[self.index], self.source_weights[self.index]
+        if self.extra is None:
+            return src, sw
+        if self.extra_sources is None:
+            esrc = self.extra_ids[..., None]  # (A, S, 1)
+            esw = torch.ones(esrc.shape, dtype=dt, device=dev)
+        else:
+            esrc, esw = self.extra_sources, self.extra_source_weights.to(dt)
+        r = max(src.shape[-1], esrc.shape[-1])
+
+        def pad(t: Tensor, fill: float) -> Tensor:
+            return torch.nn.functional.pad(t, (0, r - t.shape[-1]), value=fill)
+
+        return (self._with_extra(pad(src, -1), pad(esrc, -1)),
+                self._with_extra(pad(sw, 0.0), pad(esw, 0.0)))
 
     def own_instance(self) -> Tensor:
-        """(A, P|K) bool: candidates that hold the anchor's own instance."""
+        """(A, W) bool: candidates that hold the anchor's own instance."""
         return self.anchor_ids[:, None] == self.candidate_ids()
 
 
@@ -150,9 +220,12 @@ class StepContext:
     """What a strategy may use besides the embeddings.
 
     ``encode(ids, grad)`` embeds extra training items (one augmented view each, through the
-    encoder; with ``grad`` they are trained, otherwise encoded under no-grad). Every call is
-    charged to the cost meter by the harness; strategies charge their own similarity searches
-    through ``charge_mining`` (multiply-adds) and ``charge_adversary`` (parameter updates).
+    encoder; with ``grad`` they are trained, otherwise encoded under no-grad). ``encode_all()``
+    embeds the whole training set un-augmented under no-grad (an index refresh). Both are charged
+    to the cost meter by the harness; strategies charge their own similarity searches through
+    ``charge_mining`` (multiply-adds) and adversary or mixing work through ``charge_adversary``
+    (parameter-elements updated). ``step`` and ``fraction`` are host numbers: schedules read them
+    with no device sync.
     """
 
     step: int
@@ -255,6 +328,25 @@ class Strategy(nn.Module):
             want["mask"] = (negs.mask, sel)
         if negs.weights is not None:
             want["weights"] = (negs.weights, sel)
+        if negs.extra is not None:
+            if negs.extra_ids is None:
+                raise StrategyError(f"{self.name}: Negatives.extra given without extra_ids")
+            if negs.extra.ndim != 3 or negs.extra.shape[0] != a or negs.extra.shape[2] != d:
+                raise StrategyError(f"{self.name}: Negatives.extra has shape "
+                                    f"{tuple(negs.extra.shape)}, expected ({a}, S, {d})")
+            es = tuple(negs.extra.shape[:2])
+            want["extra"] = (negs.extra, tuple(negs.extra.shape))
+            want["extra_ids"] = (negs.extra_ids, es)
+            for f in ("extra_mask", "extra_weights"):
+                if getattr(negs, f) is not None:
+                    want[f] = (getattr(negs, f), es)
+            if negs.extra_sources is not None:
+                if negs.extra_source_weights is None:
+                    raise StrategyError(f"{self.name}: extra_sources given without "
+                                        "extra_source_weights")
+                er = negs.extra_sources.shape[-1]
+                want["extra_sources"] = (negs.extra_sources, (*es, er))
+                want["extra_source_weights"] = (negs.extra_source_weights, (*es, er))
         if negs.sources is not None:
             if negs.source_weights is None:
                 raise StrategyError(f"{self.name}: sources given without source_weights")
@@ -272,6 +364,10 @@ class Strategy(nn.Module):
             raise StrategyError(f"{self.name}: Negatives.mask must be bool, got {negs.mask.dtype}")
         longs = ("anchor_ids", "pool_ids") + (("sources",) if negs.sources is not None else ())
         longs += ("index",) if negs.index is not None else ()
+        longs += ("extra_ids",) if negs.extra is not None else ()
+        longs += ("extra_sources",) if negs.extra_sources is not None else ()
+        if negs.extra_mask is not None and negs.extra_mask.dtype != torch.bool:
+            raise StrategyError(f"{self.name}: Negatives.extra_mask must be bool")
         for field in longs:
             if getattr(negs, field).dtype != torch.long:
                 raise StrategyError(f"{self.name}: Negatives.{field} must be int64")
@@ -286,12 +382,10 @@ class Strategy(nn.Module):
         bad = (negs.selected() & negs.own_instance()).sum()
         if negs.index is not None:
             bad = bad + ((negs.index < 0) | (negs.index >= negs.pool_size)).sum()
-        if negs.weights is not None:
-            w = negs.weights
-            bad = bad + (~torch.isfinite(w) | (w < 0)).sum()
-        if negs.source_weights is not None:
-            sw = negs.source_weights
-            bad = bad + (~torch.isfinite(sw) | (sw < 0)).sum()
+        for w in (negs.weights, negs.extra_weights, negs.source_weights,
+                  negs.extra_source_weights):
+            if w is not None:
+                bad = bad + (~torch.isfinite(w) | (w < 0)).sum()
         self._violations += bad
 
     def check(self) -> None:

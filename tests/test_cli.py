@@ -1,0 +1,65 @@
+"""Bad input ends with one clear line and a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from harness.cli import main
+
+BASE = ["run", "--suite", "digits", "--strategy", "in-batch", "--no-progress"]
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["run", "--suite", "digit", "--strategy", "in-batch"], "did you mean 'digits'"),
+    (["run", "--suite", "digits", "--strategy", "semihard"], "unknown strategy 'semihard'"),
+    (BASE + ["--set", "optim.lrr=0.1"], "unknown key 'optim.lrr'"),
+    (BASE + ["--set", "strategy.nope=1"], "unknown key 'strategy.nope'"),
+    (BASE + ["--set", "optim.lr=fast"], "'fast' is not a valid float"),
+    (BASE + ["--set", "batch_size=2.5"], "'2.5' is not a valid int"),
+    (BASE + ["--set", "optim"], "expects key=value"),
+    (BASE + ["--seed", "abc"], "invalid int value"),
+    (BASE + ["--budget", "samples=0"], "must be > 0"),
+    (BASE + ["--budget", "samples=-100"], "must be > 0"),
+    (BASE + ["--budget", "lightyears=3"], "budget kind must be one of"),
+    (["run", "--suite", "fashion-mnist", "--strategy", "in-batch", "--data-dir",
+      "/nonexistent/dir"], "not a readable directory"),
+    (BASE + ["--device", "cuda:7"], "CUDA is not available"),
+])
+def test_bad_input_is_one_line(argv, needle, capsys):
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse's own errors
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert needle in lines[0] and "Traceback" not in err
+
+
+def test_empty_data_dir_says_what_is_missing(tmp_path, capsys):
+    assert main(["run", "--suite", "fashion-mnist", "--strategy", "in-batch", "--data-dir",
+                 str(tmp_path)]) == 2
+    assert "no Fashion-MNIST idx files" in capsys.readouterr().err
+
+
+def test_console_script_help_and_error():
+    out = subprocess.run([sys.executable, "-m", "harness.cli", "run", "--help"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "--budget" in out.stdout and "--json" in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "harness.cli", "run", "--suite", "nope",
+                          "--strategy", "in-batch"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.count("\n") == 1
+
+
+def test_listing_commands(capsys):
+    assert main(["strategies"]) == 0
+    out = capsys.readouterr().out
+    assert "in-batch" in out and "random" in out
+    assert main(["suites"]) == 0
+    out = capsys.readouterr().out
+    assert "digits" in out and "present" in out

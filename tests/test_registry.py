@@ -1,0 +1,205 @@
+"""Registry behaviour and conformance tests driven by the registry: every registered strategy
+and suite is tested here without anyone listing it."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import Table, make_ctx
+
+import strategies
+import suites
+from harness.config import BudgetConfig, build_config
+from harness.objectives import info_nce
+from harness.runner import run
+from strategies import Choice, Float, Int, Negatives, Strategy, StrategyError, register
+from strategies.registry import RegistryError
+
+STRATEGIES = strategies.names()
+SUITES = suites.names()
+
+
+# --------------------------------------------------------------------------- the registry
+def test_registry_holds_the_foundation_strategies():
+    assert {"random", "in-batch"} <= set(STRATEGIES)
+    assert {"digits", "fashion-mnist"} <= set(SUITES)
+
+
+def test_duplicate_name_raises():
+    with pytest.raises(RegistryError, match="already registered"):
+        @register("in-batch")
+        class Again(Strategy):  # noqa: F841
+            pass
+
+
+def test_unknown_name_suggests_closest():
+    with pytest.raises(RegistryError, match="did you mean 'in-batch'"):
+        strategies.get("inbatch")
+    with pytest.raises(RegistryError, match="did you mean 'digits'"):
+        suites.get("digit")
+
+
+def test_a_new_strategy_registers_and_is_listed():
+    @dataclasses.dataclass(frozen=True)
+    class Cfg:
+        space = {}
+
+    @register("throwaway-test")
+    class Throwaway(Strategy):
+        Config = Cfg
+
+    try:
+        assert "throwaway-test" in strategies.names()
+        assert strategies.create("throwaway-test", dim=4, n_train=10).name == "throwaway-test"
+    finally:
+        strategies.REGISTRY.unregister("throwaway-test")
+
+
+# --------------------------------------------------------------------------- conformance
+def _inputs(b=8, d=16, n=300, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randperm(n, generator=g)[:b]
+    q = F.normalize(torch.randn(b, d, generator=g), dim=1)
+    k = F.normalize(q + 0.3 * torch.randn(b, d, generator=g), dim=1)
+    return ids, q, k
+
+
+def _select(name: str, steps: int = 3, seed: int = 0) -> list[Negatives]:
+    torch.manual_seed(seed)
+    table = Table(300, 16)
+    s = strategies.create(name, dim=16, n_train=300)
+    out = []
+    for step in range(steps):
+        ids, q, k = _inputs(seed=step)
+        ctx = make_ctx(ids, table, step=step, fraction=step / steps, seed=seed + step)
+        negs = s.select(q, k, ctx)
+        out.append(negs)
+        s.update(q, k, ctx)
+    s.check()
+    return out
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_strategy_declares_what_the_registry_needs(name):
+    cls = strategies.get(name)
+    assert cls.name == name
+    assert cls.paper, f"{name}: paper is empty"
+    assert cls.__doc__ and cls.__module__.startswith("strategies.")
+    cfg = cls.Config()
+    assert dataclasses.is_dataclass(cfg)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        f = dataclasses.fields(cfg)
+        if not f:
+            raise dataclasses.FrozenInstanceError
+        setattr(cfg, f[0].name, getattr(cfg, f[0].name))
+    for key, spec in cls.Config.space.items():
+        assert key in {f.name for f in dataclasses.fields(cfg)}, f"{name}: space key {key}"
+        default = getattr(cfg, key)
+        if isinstance(spec, Float | Int):
+            assert spec.low <= default <= spec.high, f"{name}.{key} default outside its space"
+        else:
+            assert isinstance(spec, Choice) and default in spec.options
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_strategy_output_conforms(name):
+    out = _select(name)
+    # a stateful strategy may start empty (a bank); after two updates every anchor has negatives
+    assert out[-1].selected().any(dim=1).all()
+    for negs in out:
+        a = negs.num_anchors
+        assert negs.anchors.shape == negs.positives.shape and a >= 8
+        sel = negs.selected()
+        assert sel.shape[0] == a
+        assert torch.isfinite(negs.pool).all() and torch.isfinite(negs.anchors).all()
+        assert not (sel & negs.own_instance()).any(), "own instance selected"
+        if negs.weights is not None:
+            assert torch.isfinite(negs.weights).all() and (negs.weights >= 0).all()
+        out = info_nce(negs, 0.2)
+        assert torch.isfinite(out.loss)
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_strategy_same_seed_same_output(name):
+    first, second = _select(name, seed=5), _select(name, seed=5)
+    for a, b in zip(first, second, strict=True):
+        assert torch.equal(a.pool, b.pool) and torch.equal(a.selected(), b.selected())
+        assert (a.weights is None) == (b.weights is None)
+        if a.weights is not None:
+            assert torch.equal(a.weights, b.weights)
+
+
+def test_contract_violation_is_caught():
+    class Cheater(Strategy):
+        name = "cheater"
+
+        @dataclasses.dataclass(frozen=True)
+        class Config:
+            space = {}
+
+        def mine(self, q, k, ctx):
+            return Negatives(anchors=q, positives=k, anchor_ids=ctx.ids, pool=k,
+                             pool_ids=ctx.ids, mask=torch.ones(len(q), len(k), dtype=torch.bool))
+
+    s = Cheater(Cheater.Config(), dim=16, n_train=300)
+    ids, q, k = _inputs()
+    s.select(q, k, make_ctx(ids, Table(300, 16)))
+    with pytest.raises(StrategyError, match="own instance"):
+        s.check()
+
+
+def test_bad_shapes_are_rejected_at_once():
+    class Wrong(Strategy):
+        name = "wrong"
+
+        @dataclasses.dataclass(frozen=True)
+        class Config:
+            space = {}
+
+        def mine(self, q, k, ctx):
+            return Negatives(anchors=q, positives=k, anchor_ids=ctx.ids, pool=k,
+                             pool_ids=ctx.ids, mask=torch.ones(len(q), 3, dtype=torch.bool))
+
+    ids, q, k = _inputs()
+    with pytest.raises(StrategyError, match="mask has shape"):
+        Wrong(Wrong.Config(), dim=16, n_train=300).select(q, k, make_ctx(ids, Table(300, 16)))
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_strategy_trains_on_digits(name, tmp_path):
+    """A short real run on digits: finite loss, every final metric present and in range."""
+    cfg = build_config("digits", name, seed=0, budget=BudgetConfig("samples", 1536),
+                       sets={"batch_size": "128", "log_every": "4", "eval.linear_epochs": "50"})
+    r = run(cfg, track=False)
+    m = r.metrics
+    assert m["samples_seen"] == 1536 and m["steps"] == 12
+    for key in ("knn_acc", "linear_acc", "fnr", "fnr_weighted"):
+        assert 0.0 <= m[key] <= 1.0, (key, m[key])
+    assert -1.0 <= m["hardness"] <= 1.0 and m["flops"] > 0
+    assert all(math.isfinite(h["loss"]) and math.isfinite(h["fnr"]) for h in r.history)
+
+
+# --------------------------------------------------------------------------- suites
+@pytest.mark.parametrize("name", SUITES)
+def test_suite_conforms(name):
+    s = suites.create(name)
+    if s.data_status() != "present":
+        pytest.skip(f"{name}: {s.data_status()}")
+    d = s.load()
+    assert len(d.train) and len(d.val) and len(d.test)
+    for split in (d.train, d.val, d.test):
+        assert split.y.dtype == torch.long and int(split.y.max()) < d.n_classes
+    assert set(d.train.y.tolist()) == set(range(d.n_classes))
+    g = torch.Generator().manual_seed(0)
+    x = d.train.x[:16]
+    v1, v2 = s.views(x, g)
+    assert v1.shape == v2.shape == s.prepare(x).shape and not torch.equal(v1, v2)
+    enc = s.build_encoder()
+    z = enc(v1)
+    assert z.shape == (16, enc.out_dim)
+    assert torch.allclose(z.norm(dim=1), torch.ones(16), atol=1e-5)
+    assert enc.features(v1).shape == (16, enc.feature_dim)
