@@ -181,12 +181,13 @@ class Trainer:
             self.opt.step()
             cost.objective_flops += objective_flops(negs)
         with clock.phase("update"):
-            self.strategy.update(q.detach(), k.detach(), ctx)
-            if self.key_encoder is not None:
-                self._momentum_update()
+            # observe first: `update` may rewrite buffers that `negs` still refers to (a queue)
             self.meter.observe(negs, out.sim)
             self._loss_sum += out.loss.detach()
             self._loss_steps += 1
+            self.strategy.update(q.detach(), k.detach(), ctx)
+            if self.key_encoder is not None:
+                self._momentum_update()
         cost.state_bytes = max(cost.state_bytes, self.strategy.state_bytes())
         self.budget.charge(b, cost.flops() - before)
 

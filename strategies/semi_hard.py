@@ -1,0 +1,165 @@
+"""Semi-hard negatives: farther than the positive, but within the margin.
+
+Schroff, Kalenichenko, Philbin. "FaceNet: A Unified Embedding for Face Recognition and
+Clustering", CVPR 2015, section 3.2. For an anchor a with positive p, a negative n is semi-hard when
+
+    d(a, p) < d(a, n) <= d(a, p) + m
+
+with d the Euclidean distance of unit vectors, d = sqrt(2 - 2 cos). Anchors are symmetric as in
+SimCLR (both views of each instance are anchors, :func:`strategies.in_batch.in_batch_negatives`);
+the candidates come from the batch (default), from a FIFO bank of past keys, or from both.
+
+Selection rules, all vectorised as one (A, P) band mask:
+
+- The band test is written as pytorch-metric-learning's ``TripletMarginMiner`` writes it,
+  ``g = d(a, n) - d(a, p); 0 < g <= m``, so that with ``K = 0``, ``fallback = "none"`` and the
+  batch pool it selects exactly the (anchor, negative) pairs of
+  ``TripletMarginMiner(margin=m, type_of_triplets="semihard")`` on ``cat(q, k)`` with labels
+  ``cat(ids, ids)`` (each anchor has one positive there: its other view).
+- ``K > 0`` caps the negatives per anchor: when more than K lie in the band, the K hardest (the
+  smallest d(a, n), i.e. those nearest the positive's distance) are kept.
+- ``fallback`` says what an anchor whose band is empty gets:
+    * ``"none"``: nothing (FaceNet; the anchor contributes no negative term this step);
+    * ``"nearest"`` (default): the single negative nearest the band, i.e. the one minimising
+      ``d(a, p) - d(a, n)`` below the band or ``d(a, n) - d(a, p) - m`` above it;
+    * ``"hardest"``: the single closest negative, min d(a, n) (batch-hard, Hermans et al. 2017).
+
+NOTE: FaceNet mines on squared distances and selects one semi-hard negative per (a, p) pair
+among a large mini-batch; here the band is on plain distances (as pytorch-metric-learning does),
+every band negative is used unless ``K`` caps them, and the fallback is our addition (FaceNet
+leaves an empty band empty: ``fallback="none"``).
+NOTE: the bank (``pool="bank"`` or ``"both"``) holds past keys of the same encoder (no momentum
+copy); its slots are masked while empty and an anchor's own instance in it is masked (the meter
+counts it as an instance collision).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from strategies import (
+    Choice,
+    Float,
+    Int,
+    Negatives,
+    StepContext,
+    Strategy,
+    StrategyError,
+    register,
+)
+from strategies.in_batch import in_batch_negatives
+
+POOLS = ("batch", "bank", "both")
+FALLBACKS = ("none", "nearest", "hardest")
+
+
+@dataclass(frozen=True)
+class SemiHardConfig:
+    m: float = 0.2  # margin of the band, on distances of unit vectors (in (0, 2])
+    K: int = 0  # at most K negatives per anchor, the hardest in the band; 0: no cap
+    fallback: str = "nearest"  # what an anchor with an empty band gets: none | nearest | hardest
+    pool: str = "batch"  # batch | bank (FIFO of past keys) | both (batch views, then the bank)
+    bank_size: int = 1024  # keys kept in the bank (pool = bank | both)
+
+    space: ClassVar[dict] = {
+        "m": Float(0.05, 1.0, log=True),
+        "K": Int(0, 256),
+        "fallback": Choice(FALLBACKS),
+    }
+
+    def __post_init__(self):
+        if not 0.0 < self.m <= 2.0:
+            raise StrategyError(f"semi-hard: m (margin) must lie in (0, 2], got {self.m}")
+        if self.K < 0:
+            raise StrategyError(f"semi-hard: K must be >= 0 (0: no cap), got {self.K}")
+        if self.fallback not in FALLBACKS:
+            raise StrategyError(f"semi-hard: fallback must be one of {', '.join(FALLBACKS)}; "
+                                f"got {self.fallback!r}")
+        if self.pool not in POOLS:
+            raise StrategyError(f"semi-hard: pool must be one of {', '.join(POOLS)}; "
+                                f"got {self.pool!r}")
+        if self.bank_size < 1:
+            raise StrategyError(f"semi-hard: bank_size must be >= 1, got {self.bank_size}")
+
+
+def semi_hard_mask(anchors: Tensor, positives: Tensor, pool: Tensor, valid: Tensor, m: float,
+                   K: int = 0, fallback: str = "none") -> Tensor:
+    """(A, P) bool: the semi-hard negatives of each anchor among the ``valid`` pool entries.
+
+    ``anchors``/``positives`` (A, D) and ``pool`` (P, D) are unit vectors; ``valid`` (A, P) marks
+    the candidates that may be negatives at all. See the module docstring for K and fallback."""
+    s = anchors @ pool.T  # (A, P) cosine
+    d_an = torch.sqrt((2.0 - 2.0 * s).clamp_min(0.0))  # (A, P)
+    d_ap = torch.sqrt((2.0 - 2.0 * (anchors * positives).sum(-1)).clamp_min(0.0))  # (A,)
+    g = d_an - d_ap[:, None]  # (A, P) how much farther than the positive
+    band = valid & (g > 0) & (g <= m)  # (A, P)
+    p = pool.shape[0]
+    if 0 < K < p:
+        far = d_an.masked_fill(~band, float("inf"))  # (A, P)
+        top = far.topk(K, dim=1, largest=False).indices  # (A, K) the K hardest in the band
+        band = torch.zeros_like(band).scatter_(1, top, band.gather(1, top))  # (A, P)
+    if fallback == "none" or p == 0:
+        return band
+    if fallback == "nearest":
+        key = torch.where(g > 0, g - m, -g)  # (A, P) distance to the band (outside it)
+    else:  # hardest
+        key = d_an  # (A, P)
+    key = key.masked_fill(~valid, float("inf"))  # (A, P)
+    j = key.argmin(dim=1, keepdim=True)  # (A, 1)
+    empty = ~band.any(dim=1, keepdim=True)  # (A, 1)
+    fb = torch.zeros_like(band).scatter_(1, j, valid.gather(1, j) & empty)  # (A, P)
+    return band | fb
+
+
+@register("semi-hard")
+class SemiHard(Strategy):
+    """FaceNet's semi-hard band d(a,p) < d(a,n) <= d(a,p) + m over the batch or a key bank."""
+
+    Config = SemiHardConfig
+    paper = "Schroff et al. 2015, FaceNet (semi-hard negatives)"
+
+    def __init__(self, cfg: SemiHardConfig, *, dim: int, n_train: int):
+        super().__init__(cfg, dim=dim, n_train=n_train)
+        n = cfg.bank_size if cfg.pool != "batch" else 0
+        self.register_buffer("bank", torch.zeros(n, dim))  # (Q, D) past keys
+        self.register_buffer("bank_ids", torch.full((n,), -1, dtype=torch.long))  # (Q,) -1: empty
+        self.register_buffer("_ptr", torch.zeros((), dtype=torch.long))  # next slot to write
+
+    def mine(self, q: Tensor, k: Tensor, ctx: StepContext) -> Negatives:
+        cfg = self.cfg
+        negs = in_batch_negatives(q, k, ctx.ids)
+        if cfg.pool != "batch":
+            bank = self.bank.to(q.dtype)  # (Q, D)
+            bank_valid = (self.bank_ids[None, :] >= 0) & (
+                self.bank_ids[None, :] != negs.anchor_ids[:, None])  # (A, Q)
+            if cfg.pool == "bank":
+                # copies: update() rewrites the bank in place before the meter reads the ids
+                negs.pool, negs.pool_ids = bank.clone(), self.bank_ids.clone()  # (Q, D), (Q,)
+                negs.mask, negs.batch_views = bank_valid, 0
+            else:
+                negs.pool = torch.cat([negs.pool, bank])  # (2B + Q, D)
+                negs.pool_ids = torch.cat([negs.pool_ids, self.bank_ids])  # (2B + Q,)
+                negs.mask = torch.cat([negs.mask, bank_valid], dim=1)  # (A, 2B + Q)
+        a, p, d = negs.num_anchors, negs.pool_size, q.shape[1]
+        ctx.charge_mining(a * p * d)
+        with torch.no_grad():
+            negs.mask = semi_hard_mask(negs.anchors, negs.positives, negs.pool, negs.mask,
+                                       cfg.m, cfg.K, cfg.fallback)  # (A, P)
+        return negs
+
+    @torch.no_grad()
+    def update(self, q: Tensor, k: Tensor, ctx: StepContext) -> None:
+        if self.cfg.pool == "batch":
+            return
+        n = self.bank.shape[0]
+        keys, ids = k, ctx.ids
+        if keys.shape[0] > n:  # only the newest n keys fit
+            keys, ids = keys[-n:], ids[-n:]
+        slots = (self._ptr + torch.arange(keys.shape[0], device=keys.device)) % n  # (B,)
+        self.bank.index_copy_(0, slots, keys.to(self.bank.dtype))
+        self.bank_ids.index_copy_(0, slots, ids)
+        self._ptr.copy_((self._ptr + keys.shape[0]) % n)
