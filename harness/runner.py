@@ -329,3 +329,36 @@ def run(cfg: RunConfig, *, tracking_uri: str | None = None, experiment: str = "n
         tracker.end("FINISHED")
     return RunResult(cfg, metrics, tracker.run_id if tracker else None, trainer.history,
                      trainer.deciles)
+
+
+@torch.no_grad()
+def probe_selection(trainer: Trainer, strategy: str, seed: int, batches: int = 5,
+                    strategy_cfg=None) -> dict[str, float]:
+    """What ``strategy`` selects on the trainer's current (frozen) encoder: FNR, hardness and
+    the rest of the meter's totals over ``batches`` batches, without training anything.
+
+    Compares strategies at one fixed checkpoint (a trained encoder's negatives), with the same
+    data views as a run. Stateful strategies get their ``update`` after each batch."""
+    strat = strategies.create(strategy, strategy_cfg, dim=trainer.encoder.out_dim,
+                              n_train=trainer.n_train).to(trainer.device)
+    meter = NegativeMeter(trainer.train_split.y)
+    gen = torch.Generator(device=trainer.device).manual_seed(seed)
+    perm = torch.randperm(trainer.n_train, generator=gen, device=trainer.device)
+    b = trainer.cfg.batch_size
+    saved_gen, trainer.gen = trainer.gen, gen  # encode() draws its views from the probe's stream
+    try:
+        for step in range(batches):
+            ids = perm[(step * b) % trainer.n_train:][:b]
+            v1, v2 = trainer.suite.views(trainer.train_split.x[ids], gen)
+            q, k = trainer.encoder(v1), (trainer.key_encoder or trainer.encoder)(v2)
+            ctx = StepContext(step=step, fraction=step / batches, ids=ids, generator=gen,
+                              n_train=trainer.n_train, encode=trainer._encode,
+                              encode_all=trainer._encode_all,
+                              temperature=trainer.cfg.objective.temperature)
+            negs = strat.select(q, k, ctx)
+            meter.observe(negs, negs.similarity())
+            strat.update(q, k, ctx)
+        strat.check()
+    finally:
+        trainer.gen = saved_gen
+    return meter.snapshot()[1]
