@@ -19,8 +19,8 @@ def _unit(*shape, seed=0):
 
 def _negs(a=6, p=9, d=5, weights=False, tau_plus=0.0, index=False, seed=0):
     g = torch.Generator().manual_seed(seed + 1)
-    anchors, positives, pool = _unit(a, d, seed=seed), _unit(a, d, seed=seed + 2), _unit(p, d,
-                                                                                        seed=seed + 3)
+    anchors, positives = _unit(a, d, seed=seed), _unit(a, d, seed=seed + 2)
+    pool = _unit(p, d, seed=seed + 3)
     kw = {}
     if index:
         k = 4
