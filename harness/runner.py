@@ -67,6 +67,10 @@ class Trainer:
     """Holds one run's state; :meth:`train` spends the budget, :meth:`finish` evaluates."""
 
     def __init__(self, cfg: RunConfig, data_dir: str | None = None):
+        if cfg.budget.amount <= 0 or cfg.batch_size < 2:
+            raise ConfigError("a run needs a positive budget and a batch size >= 2; build its "
+                              "config with harness.config.build_config, which fills in the "
+                              "suite's defaults")
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         torch.manual_seed(cfg.seed)
