@@ -84,10 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # --------------------------------------------------------------------------- commands
-def _console():
+def _console(stderr: bool = True):
+    """A rich console; piped output gets 140 columns rather than rich's 80, so tables fit."""
     from rich.console import Console
 
-    return Console(stderr=True)
+    c = Console(stderr=stderr)
+    return c if c.is_terminal else Console(stderr=stderr, width=140)
 
 
 def _config(args, suite: str, strategy: str, seed: int):
@@ -109,8 +111,9 @@ def _run_one(cfg, args, experiment: str, progress, task=None):
 
     def on_log(point):
         if progress is not None and task is not None:
-            progress.update(task, completed=point["budget_fraction"] * 100, loss=point["loss"],
-                            fnr=point.get("fnr", math.nan), sps=point["samples_per_second"])
+            stats = (f"loss {point['loss']:.3f}  fnr {point.get('fnr', math.nan):.3f}  "
+                     f"{point['samples_per_second']:,.0f} samples/s")
+            progress.update(task, completed=point["budget_fraction"] * 100, stats=stats)
 
     return run(cfg, tracking_uri=args.tracking_uri, experiment=experiment,
                data_dir=args.data_dir, on_log=on_log)
@@ -121,8 +124,7 @@ def _progress(console, disable: bool):
 
     return Progress(
         TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
-        TextColumn("loss {task.fields[loss]:.3f}  fnr {task.fields[fnr]:.3f}  "
-                   "{task.fields[sps]:,.0f} samples/s"),
+        TextColumn("{task.fields[stats]}"),
         TimeElapsedColumn(), console=console, disable=disable, transient=False,
     )
 
@@ -134,7 +136,7 @@ def cmd_run(args) -> int:
     console = _console()
     with _progress(console, args.no_progress) as progress:
         task = progress.add_task(f"{cfg.suite}/{cfg.strategy} seed {cfg.seed}", total=100,
-                                 loss=math.nan, fnr=math.nan, sps=0.0)
+                                 stats="")
         result = _run_one(cfg, args, args.experiment or "negbench", progress, task)
     if args.json:
         print(json.dumps({"run_id": result.run_id, **result.metrics}, sort_keys=True))
@@ -183,11 +185,10 @@ def cmd_demo(args) -> int:
     experiment = args.experiment or "negbench-demo"
     results, failures = {}, {}
     with _progress(console, args.no_progress) as progress:
-        overall = progress.add_task(f"demo: {len(cfgs)} runs", total=len(cfgs), loss=math.nan,
-                                    fnr=math.nan, sps=0.0)
+        overall = progress.add_task(f"demo: {len(cfgs)} runs", total=len(cfgs), stats="")
         for cfg in cfgs:
             task = progress.add_task(f"{cfg.suite}/{cfg.strategy} seed {cfg.seed}", total=100,
-                                     loss=math.nan, fnr=math.nan, sps=0.0)
+                                     stats="")
             try:
                 r = _run_one(cfg, args, experiment, progress, task)
                 results.setdefault(cfg.strategy, []).append(r.metrics)
@@ -226,7 +227,6 @@ def cmd_demo(args) -> int:
 def cmd_strategies(args) -> int:
     import dataclasses
 
-    from rich.console import Console
     from rich.table import Table
 
     import strategies
@@ -239,12 +239,11 @@ def cmd_strategies(args) -> int:
         knobs = ", ".join(f"{f.name}={getattr(cls.Config(), f.name)!r}"
                           for f in dataclasses.fields(cls.Config))
         t.add_row(n, cls.paper, knobs or "-")
-    Console().print(t)
+    _console(stderr=False).print(t)
     return 0
 
 
 def cmd_suites(args) -> int:
-    from rich.console import Console
     from rich.table import Table
 
     import suites
@@ -263,7 +262,7 @@ def cmd_suites(args) -> int:
         kind, amount = s.default_budget
         t.add_row(n, s.modality, s.source, size, s.describe_encoder(), f"{kind}={amount:,.0f}",
                   status)
-    Console().print(t)
+    _console(stderr=False).print(t)
     return 0
 
 
