@@ -65,16 +65,22 @@ def info_nce(negs: Negatives, temperature: float) -> ObjectiveOut:
     neg_l = sim / tau  # (A, W)
     weights = negs.candidate_weights()
     w = sel.to(sim.dtype) if weights is None else sel * weights.to(sim.dtype)  # (A, W)
-    # Shift by the row's largest used logit, then exponentiate densely and let the weights zero
-    # the unused candidates. NOTE: no -inf fill: exp(-inf) (and of anything that underflows) is
-    # several times slower than exp of a normal number on CPUs, and a sparse mask filled with
-    # -inf made the objective up to 2x slower. The clamp keeps every exp in the normal range: a
-    # used candidate more than 80 below the row's maximum counts e^-80 (< 2e-35 against the
-    # row's largest term, 1) instead of its true, smaller value; an unused one above the
-    # maximum (the anchor itself, say) stays finite before its weight 0 zeroes it. Used
-    # candidates lie in (-80, 0], strictly inside the clamp, so their gradient passes.
-    m = torch.maximum(pos_l, torch.where(sel, neg_l, float("-inf")).amax(1)).detach()  # (A,)
-    e_neg = (torch.exp((neg_l - m[:, None]).clamp(-80.0, 80.0)) * w).sum(1)  # (A,)
+    # Shift each row, exponentiate it densely, and let the weights zero the unused candidates.
+    # NOTE: no -inf fill: exp(-inf), and exp of anything that underflows, is several times slower
+    # than exp of a normal number on CPUs; a sparse mask filled with -inf made the objective up
+    # to 2x slower. For unit vectors every logit lies in [-1/tau, 1/tau]: with tau >= 1/40 the
+    # row's plain maximum is a safe shift (nothing falls more than 80 below it, so nothing
+    # underflows). A smaller tau shifts by the largest *used* logit and clamps to [-80, 80]: a used
+    # candidate more than 80 below it counts e^-80 (< 2e-35 of the row's largest term) instead of
+    # less, an unused one above it stays finite until its weight 0 zeroes it, and used ones lie
+    # strictly inside the clamp, so their gradient passes.
+    if 2.0 / tau <= 80.0:
+        m = torch.maximum(pos_l, neg_l.amax(1)).detach()  # (A,)
+        x = neg_l - m[:, None]  # (A, W)
+    else:
+        m = torch.maximum(pos_l, torch.where(sel, neg_l, float("-inf")).amax(1)).detach()
+        x = (neg_l - m[:, None]).clamp(-80.0, 80.0)  # (A, W)
+    e_neg = (torch.exp(x) * w).sum(1)  # (A,)
     e_pos = torch.exp(pos_l - m)  # (A,)
     if negs.tau_plus == 0.0:
         ng = e_neg
