@@ -17,6 +17,7 @@ import argparse
 
 import mlflow
 
+from harness.cli import format_value
 from harness.tracking import resolve_uri
 
 COLUMNS = [  # (metric, header, spread?)
@@ -32,16 +33,6 @@ COLUMNS = [  # (metric, header, spread?)
     ("cost_state_bytes", "state bytes", False),
     ("cost_adversary_updates", "adversary updates", False),
 ]
-
-
-def fmt(v: float) -> str:
-    if v != v:
-        return "n/a"
-    if abs(v) >= 1e5:
-        return f"{v:.2e}"
-    if float(v).is_integer():
-        return f"{int(v):,}"
-    return f"{v:.4f}" if abs(v) < 10 else f"{v:,.1f}"
 
 
 def main() -> None:
@@ -65,7 +56,7 @@ def main() -> None:
             cells = []
             for key, _, spread in COLUMNS:
                 col = g[f"metrics.{key}"].astype(float)
-                cell = fmt(col.mean())
+                cell = format_value(col.mean())
                 if spread and len(col) > 1:
                     cell += f" ± {col.std(ddof=1):.4f}"
                 cells.append(cell)

@@ -149,13 +149,14 @@ def cmd_run(args) -> int:
         for k in ("knn_acc", "linear_acc", "fnr", "fnr_weighted", "hardness",
                   "collisions_per_anchor", "samples_seen", "steps", "flops", "wall_seconds",
                   "samples_per_second", "peak_mem_mb"):
-            t.add_row(k, _fmt(result.metrics.get(k)))
+            t.add_row(k, format_value(result.metrics.get(k)))
         console.print(t)
         console.print(f"mlflow run {result.run_id} in {resolve_uri(args.tracking_uri)}")
     return 0
 
 
-def _fmt(v) -> str:
+def format_value(v) -> str:
+    """A metric for a table: integers with separators, large numbers in e-notation."""
     if v is None:
         return "-"
     if isinstance(v, float) and not math.isfinite(v):
@@ -212,7 +213,7 @@ def cmd_demo(args) -> int:
         for key, _ in cols:
             vals = [m[key] for m in ms]
             mean = statistics.mean(vals)
-            cells.append(_fmt(mean) + (f" ± {statistics.stdev(vals):.3f}"
+            cells.append(format_value(mean) + (f" ± {statistics.stdev(vals):.3f}"
                                        if len(vals) > 1 and key in ("knn_acc", "linear_acc", "fnr")
                                        else ""))
         t.add_row(n, *cells)

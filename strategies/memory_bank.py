@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from strategies import Float, Int, Negatives, StepContext, Strategy, StrategyError, register
+from strategies.base import fifo_enqueue
 
 
 @dataclass(frozen=True)
@@ -83,15 +84,5 @@ class MemoryBank(Strategy):
 
     @torch.no_grad()
     def update(self, q: Tensor, k: Tensor, ctx: StepContext) -> None:
-        """Enqueue the batch's keys at ``ptr`` (wrapping around), dequeuing the oldest.
-
-        Vectorised: slot of key j is (ptr + j) mod K. When the batch is longer than the queue,
-        only its last K keys are written (a FIFO of length K keeps only those).
-        """
-        big_k = self.cfg.K
-        b = k.shape[0]
-        n = min(b, big_k)
-        slots = (self.ptr + (b - n) + torch.arange(n, device=k.device)) % big_k  # (n,)
-        self.queue.index_copy_(0, slots, k[b - n:].to(self.queue.dtype))  # (K, D)
-        self.queue_ids.index_copy_(0, slots, ctx.ids[b - n:])  # (K,)
-        self.ptr.add_(b).remainder_(big_k)
+        """Enqueue the batch's keys at ``ptr`` (wrapping around), dequeuing the oldest."""
+        fifo_enqueue(self.queue, self.queue_ids, self.ptr, k, ctx.ids)

@@ -51,6 +51,7 @@ from strategies import (
     StrategyError,
     register,
 )
+from strategies.base import fifo_enqueue
 from strategies.in_batch import in_batch_negatives
 
 POOLS = ("batch", "bank", "both")
@@ -155,11 +156,4 @@ class SemiHard(Strategy):
     def update(self, q: Tensor, k: Tensor, ctx: StepContext) -> None:
         if self.cfg.pool == "batch":
             return
-        n = self.bank.shape[0]
-        keys, ids = k, ctx.ids
-        if keys.shape[0] > n:  # only the newest n keys fit
-            keys, ids = keys[-n:], ids[-n:]
-        slots = (self._ptr + torch.arange(keys.shape[0], device=keys.device)) % n  # (B,)
-        self.bank.index_copy_(0, slots, keys.to(self.bank.dtype))
-        self.bank_ids.index_copy_(0, slots, ids)
-        self._ptr.copy_((self._ptr + keys.shape[0]) % n)
+        fifo_enqueue(self.bank, self.bank_ids, self._ptr, k, ctx.ids)
