@@ -1,7 +1,8 @@
 """Issue 3's speed and memory figures: every strategy's select + InfoNCE step against a plain
 cross-entropy floor, and pytorch-metric-learning as the peer.
 
-    .venv/bin/python bench/strategies.py [--strategies NAME ...] [--batch-sizes 256 512 1024 4096]
+    .venv/bin/python bench/strategy_speed.py [--strategies NAME ...]
+        [--batch-sizes 256 512 1024 4096]
         [--repeats 256=15 512=11 1024=7 4096=5] [--peer-batch-sizes 256 512] [--no-peer]
 
 A benchmark that prints figures, not a test. What it measures, on the CPU (``--threads``, 2 by
@@ -64,34 +65,25 @@ to ~100x (a 1.6 ms step measured 320 ms). So before each case the script waits (
 
 from __future__ import annotations
 
+import argparse
+import json
+import math
 import os
+import resource
+import statistics
+import subprocess
 import sys
+import time
 
-# This file is bench/strategies.py: run as a script, its folder comes first on sys.path and its
-# name would shadow the `strategies` package. Put the repository root there instead.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-_ROOT = os.path.dirname(_HERE)
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import resource  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import time  # noqa: E402
-
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
-from torch.utils._pytree import tree_leaves  # noqa: E402
-
-import strategies  # noqa: E402
-from harness.objectives import info_nce  # noqa: E402
-from strategies import StepContext, Strategy  # noqa: E402
-from strategies.semi_hard import SemiHardConfig  # noqa: E402
+import strategies
+from harness.objectives import info_nce
+from strategies import StepContext, Strategy
+from strategies.semi_hard import SemiHardConfig
 
 D = 128
 TAU = 0.2
@@ -405,7 +397,7 @@ def in_child(spec: dict, timeout: float) -> dict:
     """Run one case in a fresh interpreter; {"error": ...} when it fails or is killed."""
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)]
     try:
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=_ROOT)
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s"}
     for line in reversed(res.stdout.splitlines()):
