@@ -52,7 +52,6 @@ class ObjectiveConfig:
 class ObjectiveOut:
     loss: Tensor  # () scalar
     sim: Tensor  # (A, P|K) cosine similarities anchor x candidate, detached
-    pos_sim: Tensor  # (A,) cosine similarity anchor x positive, detached
 
 
 def info_nce(negs: Negatives, temperature: float) -> ObjectiveOut:
@@ -90,7 +89,7 @@ def info_nce(negs: Negatives, temperature: float) -> ObjectiveOut:
         ng = (e_neg - tp * n * e_pos) / (1.0 - tp)  # (A,)
         ng = torch.maximum(ng, n * torch.exp(-1.0 / tau - m))  # N e^{-1/tau}, shifted
     loss = torch.log(e_pos + ng) - (pos_l - m)  # (A,)
-    return ObjectiveOut(loss=loss.mean(), sim=sim.detach(), pos_sim=pos.detach())
+    return ObjectiveOut(loss=loss.mean(), sim=sim.detach())
 
 
 def triplet(negs: Negatives, margin: float) -> ObjectiveOut:
@@ -105,7 +104,7 @@ def triplet(negs: Negatives, margin: float) -> ObjectiveOut:
     if weights is not None:
         w = w * weights.to(sim.dtype)
     loss = (hinge * w).sum() / w.sum().clamp_min(1e-12)
-    return ObjectiveOut(loss=loss, sim=sim.detach(), pos_sim=pos.detach())
+    return ObjectiveOut(loss=loss, sim=sim.detach())
 
 
 OBJECTIVES = ("infonce", "triplet")

@@ -277,7 +277,6 @@ class Strategy(nn.Module):
         self.dim = dim
         self.n_train = n_train
         self.register_buffer("_violations", torch.zeros((), dtype=torch.long), persistent=False)
-        self._last_violation = ""
 
     # -- what the harness asks of a strategy
     @property
