@@ -63,3 +63,25 @@ def test_listing_commands(capsys):
     assert main(["suites"]) == 0
     out = capsys.readouterr().out
     assert "digits" in out and "present" in out
+
+
+def test_demo_runs_strategies_and_prints_the_table(tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code = main(["demo", "--strategies", "in-batch,random", "--budget", "samples=512",
+                 "--set", "batch_size=128", "--set", "eval.linear_epochs=5",
+                 "--tracking-uri", uri, "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "every strategy under one budget (samples=512" in err
+    assert "in-batch" in err and "random" in err and "kNN acc" in err
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["negbench-demo"])
+    assert sorted(runs["tags.strategy"]) == ["in-batch", "random"]
+    assert set(runs["status"]) == {"FINISHED"}
+
+
+def test_demo_rejects_an_unknown_strategy_before_running(capsys):
+    assert main(["demo", "--strategies", "in-batch,nope", "--no-progress"]) == 2
+    assert "unknown strategy 'nope'" in capsys.readouterr().err
