@@ -17,12 +17,14 @@ from suites import Suite, SuiteData
 
 
 @torch.no_grad()
-def embed(encoder: nn.Module, suite: Suite, x: Tensor, batch: int = 2048) -> Tensor:
-    """(N, F) features of stored items ``x``, encoder in eval mode."""
+def embed(encoder: nn.Module, suite: Suite, x: Tensor, batch: int = 2048,
+          projection: bool = False) -> Tensor:
+    """(N, F) features of stored items ``x`` (or, with ``projection``, the unit-norm projections
+    the objective sees), un-augmented, encoder in eval mode, in chunks of ``batch``."""
     was = encoder.training
     encoder.eval()
-    out = torch.cat([encoder.features(suite.prepare(x[i:i + batch]))
-                     for i in range(0, x.shape[0], batch)])
+    fn = encoder if projection else encoder.features
+    out = torch.cat([fn(suite.prepare(x[i:i + batch])) for i in range(0, x.shape[0], batch)])
     encoder.train(was)
     return out
 

@@ -20,7 +20,7 @@ import suites
 from harness.budget import Budget, learning_rate
 from harness.config import ConfigError, RunConfig
 from harness.cost import CostMeter, PhaseClock, peak_host_mb, probe_flops
-from harness.evaluate import evaluate
+from harness.evaluate import embed, evaluate
 from harness.metrics import NegativeMeter
 from harness.objectives import make_objective, objective_flops
 from harness.tracking import Tracker, run_tags
@@ -127,20 +127,25 @@ class Trainer:
     @torch.no_grad()
     def _encode_all(self) -> torch.Tensor:
         """Un-augmented projections of the whole training set (an index refresh), eval mode."""
-        enc = self.key_encoder or self.encoder
-        was = enc.training
-        enc.eval()
-        x = self.train_split.x
-        out = torch.cat([enc(self.suite.prepare(x[i:i + 2048])) for i in range(0, len(x), 2048)])
-        enc.train(was)
-        self.cost.nograd_encodes += len(x)
-        return out
+        self.cost.nograd_encodes += self.n_train
+        return embed(self.key_encoder or self.encoder, self.suite, self.train_split.x,
+                     projection=True)
 
     def _charge_mining(self, macs: int) -> None:
         self.cost.mining_macs += int(macs)
 
     def _charge_adversary(self, n: int) -> None:
         self.cost.adversary_updates += int(n)
+
+    def context(self, ids: torch.Tensor, step: int, fraction: float,
+                generator: torch.Generator) -> StepContext:
+        """What a strategy may use at this step (encodes and charges go to this run's meter)."""
+        return StepContext(
+            step=step, fraction=fraction, ids=ids, generator=generator, n_train=self.n_train,
+            encode=self._encode, encode_all=self._encode_all,
+            charge_mining=self._charge_mining, charge_adversary=self._charge_adversary,
+            temperature=self.cfg.objective.temperature,
+        )
 
     def _next_ids(self, b: int) -> torch.Tensor:
         if self._pos + b > self.n_train:  # new epoch; the tail is dropped so ids never repeat
@@ -157,12 +162,7 @@ class Trainer:
         with clock.phase("data"):
             ids = self._next_ids(b)
             v1, v2 = self.suite.views(self.train_split.x[ids], self.gen)
-        ctx = StepContext(
-            step=self.budget.steps, fraction=self.budget.fraction, ids=ids, generator=self.gen,
-            n_train=self.n_train, encode=self._encode, encode_all=self._encode_all,
-            charge_mining=self._charge_mining, charge_adversary=self._charge_adversary,
-            temperature=cfg.objective.temperature,
-        )
+        ctx = self.context(ids, self.budget.steps, self.budget.fraction, self.gen)
         self.lr = learning_rate(cfg.optim, self._fraction_after(b))
         for group in self.opt.param_groups:
             group["lr"] = self.lr
@@ -355,10 +355,7 @@ def probe_selection(trainer: Trainer, strategy: str, seed: int, batches: int = 5
             ids = perm[(step * b) % trainer.n_train:][:b]
             v1, v2 = trainer.suite.views(trainer.train_split.x[ids], gen)
             q, k = trainer.encoder(v1), (trainer.key_encoder or trainer.encoder)(v2)
-            ctx = StepContext(step=step, fraction=step / batches, ids=ids, generator=gen,
-                              n_train=trainer.n_train, encode=trainer._encode,
-                              encode_all=trainer._encode_all,
-                              temperature=trainer.cfg.objective.temperature)
+            ctx = trainer.context(ids, step, step / batches, gen)
             negs = strat.select(q, k, ctx)
             meter.observe(negs, negs.similarity())
             strat.update(q, k, ctx)
