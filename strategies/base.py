@@ -82,6 +82,14 @@ class Negatives:
       (-1 for synthesized), ``extra_mask`` (A, S) (None: all valid), ``extra_weights`` (A, S)
       and ``extra_sources``/``extra_source_weights`` (A, S, R') as above. They cost O(A x S x D),
       not a pool row per anchor. Every method below appends them as S more columns.
+      ``extra`` may be left None when ``sim`` gives the anchors' similarities to them
+      (virtual extras: MoCHi's mixes are known by their parents, and their similarities follow
+      from the (A, P) matrix without forming (A, S, D)); ``extra_ids`` then gives S.
+    - ``sim`` (A, W), optional: the anchor x candidate similarities (cosine for unit vectors), with
+      their gradients, when the strategy computed them while selecting; the objective then uses
+      them instead of multiplying the embeddings again. The strategy answers for them equalling
+      ``anchors`` against each candidate (the tests compare them with a recomputation). The
+      objective's FLOPs count that product, so the strategy does not charge it as mining.
     - ``tau_plus``: the class prior of the debiased estimator (Chuang et al. 2020); 0 = none.
     - ``batch_views``: the number of leading pool rows that are this step's own views. Any
       other pool entry holding the anchor's instance (a queue can) is an instance collision;
@@ -106,6 +114,7 @@ class Negatives:
     extra_source_weights: Tensor | None = None
     tau_plus: float = 0.0
     batch_views: int = 0
+    sim: Tensor | None = None
 
     @property
     def num_anchors(self) -> int:
@@ -116,14 +125,19 @@ class Negatives:
         return self.pool.shape[0]
 
     @property
+    def num_extra(self) -> int:
+        """S: per-anchor extra candidates (0 when there are none)."""
+        return 0 if self.extra_ids is None else self.extra_ids.shape[1]
+
+    @property
     def width(self) -> int:
         """Candidate columns per anchor: P (mask form) or K (index form), plus S extras."""
         w = self.pool.shape[0] if self.index is None else self.index.shape[1]
-        return w + (0 if self.extra is None else self.extra.shape[1])
+        return w + self.num_extra
 
     def _with_extra(self, shared: Tensor, extra: Tensor | None) -> Tensor:
         """Append the S extra columns to a (1|A, W, ...) shared-selection tensor."""
-        if self.extra is None:
+        if self.extra_ids is None:
             return shared
         a = self.num_anchors
         return torch.cat([shared.expand(a, *shared.shape[1:]), extra], dim=1)
@@ -134,15 +148,17 @@ class Negatives:
             sel = self.mask
         else:
             sel = torch.ones(self.index.shape, dtype=torch.bool, device=self.index.device)
-        if self.extra is None:
+        if self.extra_ids is None:
             return sel
         em = self.extra_mask
         if em is None:
-            em = torch.ones(self.extra.shape[:2], dtype=torch.bool, device=self.extra.device)
+            em = torch.ones(self.extra_ids.shape, dtype=torch.bool, device=self.extra_ids.device)
         return torch.cat([sel, em], dim=1)
 
     def similarity(self) -> Tensor:
         """(A, W) dot products anchor x candidate (cosine for unit vectors), with gradients."""
+        if self.sim is not None:
+            return self.sim
         if self.index is None:
             sim = self.anchors @ self.pool.T  # (A, P)
         else:
@@ -158,13 +174,13 @@ class Negatives:
             return None
         w = self.weights
         if w is None:
-            w = torch.ones(self.width - self.extra.shape[1], dtype=self.anchors.dtype,
+            w = torch.ones(self.width - self.num_extra, dtype=self.anchors.dtype,
                            device=self.anchors.device).expand(self.num_anchors, -1)
-        if self.extra is None:
+        if self.extra_ids is None:
             return w
         ew = self.extra_weights
         if ew is None:
-            ew = torch.ones(self.extra.shape[:2], dtype=w.dtype, device=w.device)
+            ew = torch.ones(self.extra_ids.shape, dtype=w.dtype, device=w.device)
         return torch.cat([w, ew], dim=1)
 
     def candidate_ids(self) -> Tensor:
@@ -178,9 +194,9 @@ class Negatives:
             rows = torch.arange(self.pool_size, device=self.pool.device)[None, :]
         else:
             rows = self.index
-        if self.extra is None:
+        if self.extra_ids is None:
             return rows
-        s = self.extra.shape[1]
+        s = self.num_extra
         extra_rows = self.pool_size + torch.arange(s, device=rows.device)
         return self._with_extra(rows, extra_rows[None, :].expand(self.num_anchors, s))
 
@@ -195,7 +211,7 @@ class Negatives:
             src, sw = self.sources[None], self.source_weights[None]
         else:
             src, sw = self.sources[self.index], self.source_weights[self.index]
-        if self.extra is None:
+        if self.extra_ids is None:
             return src, sw
         if self.extra_sources is None:
             esrc = self.extra_ids[..., None]  # (A, S, 1)
@@ -343,15 +359,21 @@ class Strategy(nn.Module):
             want["mask"] = (negs.mask, sel)
         if negs.weights is not None:
             want["weights"] = (negs.weights, sel)
-        if negs.extra is not None:
-            if negs.extra_ids is None:
-                raise StrategyError(f"{self.name}: Negatives.extra given without extra_ids")
-            if negs.extra.ndim != 3 or negs.extra.shape[0] != a or negs.extra.shape[2] != d:
-                raise StrategyError(f"{self.name}: Negatives.extra has shape "
-                                    f"{tuple(negs.extra.shape)}, expected ({a}, S, {d})")
-            es = tuple(negs.extra.shape[:2])
-            want["extra"] = (negs.extra, tuple(negs.extra.shape))
-            want["extra_ids"] = (negs.extra_ids, es)
+        if negs.extra is not None and negs.extra_ids is None:
+            raise StrategyError(f"{self.name}: Negatives.extra given without extra_ids")
+        if negs.extra_ids is not None:
+            if negs.extra is None and negs.sim is None:
+                raise StrategyError(f"{self.name}: Negatives.extra_ids given without extra "
+                                    "(A, S, D) or sim (A, W) to give their similarities")
+            if negs.extra_ids.ndim != 2 or negs.extra_ids.shape[0] != a:
+                raise StrategyError(f"{self.name}: Negatives.extra_ids has shape "
+                                    f"{tuple(negs.extra_ids.shape)}, expected ({a}, S)")
+            es = tuple(negs.extra_ids.shape)
+            if negs.extra is not None:
+                if negs.extra.ndim != 3 or tuple(negs.extra.shape) != (*es, d):
+                    raise StrategyError(f"{self.name}: Negatives.extra has shape "
+                                        f"{tuple(negs.extra.shape)}, expected ({a}, {es[1]}, {d})")
+                want["extra"] = (negs.extra, tuple(negs.extra.shape))
             for f in ("extra_mask", "extra_weights"):
                 if getattr(negs, f) is not None:
                     want[f] = (getattr(negs, f), es)
@@ -362,6 +384,8 @@ class Strategy(nn.Module):
                 er = negs.extra_sources.shape[-1]
                 want["extra_sources"] = (negs.extra_sources, (*es, er))
                 want["extra_source_weights"] = (negs.extra_source_weights, (*es, er))
+        if negs.sim is not None:
+            want["sim"] = (negs.sim, (a, sel[1] + negs.num_extra))
         if negs.sources is not None:
             if negs.source_weights is None:
                 raise StrategyError(f"{self.name}: sources given without source_weights")
@@ -379,7 +403,7 @@ class Strategy(nn.Module):
             raise StrategyError(f"{self.name}: Negatives.mask must be bool, got {negs.mask.dtype}")
         longs = ("anchor_ids", "pool_ids") + (("sources",) if negs.sources is not None else ())
         longs += ("index",) if negs.index is not None else ()
-        longs += ("extra_ids",) if negs.extra is not None else ()
+        longs += ("extra_ids",) if negs.extra_ids is not None else ()
         longs += ("extra_sources",) if negs.extra_sources is not None else ()
         if negs.extra_mask is not None and negs.extra_mask.dtype != torch.bool:
             raise StrategyError(f"{self.name}: Negatives.extra_mask must be bool")

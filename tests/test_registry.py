@@ -124,6 +124,26 @@ def test_strategy_output_conforms(name):
 
 
 @pytest.mark.parametrize("name", STRATEGIES)
+def test_precomputed_similarities_equal_a_recomputation(name):
+    """A strategy that hands its product to the objective (``Negatives.sim``) must hand the
+    right one: the shared columns equal anchors x candidates, and materialised extras too."""
+    for negs in _select(name):
+        if negs.sim is None:
+            continue
+        sim = negs.sim.detach()
+        if negs.index is None:
+            want = negs.anchors @ negs.pool.T  # (A, P)
+        else:
+            want = torch.einsum("ad,akd->ak", negs.anchors, negs.pool[negs.index])  # (A, K)
+        w = want.shape[1]
+        assert sim.shape == (negs.num_anchors, negs.width)
+        torch.testing.assert_close(sim[:, :w], want.detach())
+        if negs.extra is not None:
+            ext = torch.einsum("ad,asd->as", negs.anchors, negs.extra)  # (A, S)
+            torch.testing.assert_close(sim[:, w:], ext.detach())
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
 def test_strategy_same_seed_same_output(name):
     first, second = _select(name, seed=5), _select(name, seed=5)
     for a, b in zip(first, second, strict=True):
