@@ -54,16 +54,24 @@ class HCLConfig:
 
 def importance_weights(sim: Tensor, sel: Tensor, beta: float, tau: float) -> Tensor:
     """(A, P) w = e^{beta s / tau}, normalised to mean 1 over each row's selected entries, 0
-    elsewhere. Each row is shifted by its largest selected exponent, so a large beta cannot
-    overflow. NOTE: no -inf fill and no logsumexp: exp(-inf) is several times slower than exp
-    of a normal number on CPUs (the same reason as the objective's)."""
-    x = sim * (beta / tau)  # (A, P) beta s / tau
-    m = torch.where(sel, x, float("-inf")).amax(1, keepdim=True)  # (A, 1) largest selected
-    m = torch.nan_to_num(m, neginf=0.0).detach()  # rows without negatives
-    tiny = torch.finfo(sim.dtype).tiny
-    # selected weights stay > 0 (an underflow counts as the smallest normal number)
-    e = torch.exp(torch.where(sel, x - m, 0.0)).clamp_min(tiny) * sel  # (A, P) unselected: 0
+    elsewhere.
+
+    Cosines lie in [-1, 1], so e^{beta (s - 1) / tau} never overflows, and while 2 beta / tau <=
+    80 it never underflows either: that constant shift costs one pass fewer than a per-row one.
+    A larger beta / tau shifts each row by its largest selected exponent instead. NOTE: no -inf
+    fill and no logsumexp: exp(-inf) is several times slower than exp of a normal number on
+    CPUs (the same reason as the objective's)."""
+    k = beta / tau
     n = sel.sum(1, keepdim=True).to(sim.dtype)  # (A, 1) negatives per anchor
+    tiny = torch.finfo(sim.dtype).tiny
+    if 2.0 * k <= 80.0:
+        e = torch.exp((sim - 1.0) * k) * sel  # (A, P) in [e^-80, 1] where selected, else 0
+    else:
+        x = sim * k  # (A, P) beta s / tau
+        m = torch.where(sel, x, float("-inf")).amax(1, keepdim=True)  # (A, 1) largest selected
+        m = torch.nan_to_num(m, neginf=0.0).detach()  # rows without negatives
+        # selected weights stay > 0 (an underflow counts as the smallest normal number)
+        e = torch.exp(torch.where(sel, x - m, 0.0)).clamp_min(tiny) * sel  # (A, P)
     return e * (n / e.sum(1, keepdim=True).clamp_min(tiny))  # (A, P)
 
 
@@ -76,10 +84,9 @@ class HCL(Strategy):
 
     def mine(self, q: Tensor, k: Tensor, ctx: StepContext) -> Negatives:
         negs = in_batch_negatives(q, k, ctx.ids)
-        a, p, d = negs.num_anchors, negs.pool_size, negs.pool.shape[1]
-        sim = negs.anchors @ negs.pool.T  # (A, P) cosine similarities, for the weights only
-        ctx.charge_mining(a * p * d)
-        if self.cfg.detach_weights:
-            sim = sim.detach()
-        w = importance_weights(sim, negs.mask, self.cfg.beta, ctx.temperature)  # (A, P)
-        return dataclasses.replace(negs, weights=w, tau_plus=self.cfg.tau_plus)
+        # one product, with its gradients, serves the weights and the objective (negs.sim); the
+        # objective's FLOPs count it, so it is not charged as mining
+        sim = negs.anchors @ negs.pool.T  # (A, P) cosine similarities
+        ws = sim.detach() if self.cfg.detach_weights else sim
+        w = importance_weights(ws, negs.mask, self.cfg.beta, ctx.temperature)  # (A, P)
+        return dataclasses.replace(negs, weights=w, tau_plus=self.cfg.tau_plus, sim=sim)

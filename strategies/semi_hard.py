@@ -88,29 +88,43 @@ class SemiHardConfig:
 
 
 def semi_hard_mask(anchors: Tensor, positives: Tensor, pool: Tensor, valid: Tensor, m: float,
-                   K: int = 0, fallback: str = "none") -> Tensor:
+                   K: int = 0, fallback: str = "none", sim: Tensor | None = None) -> Tensor:
     """(A, P) bool: the semi-hard negatives of each anchor among the ``valid`` pool entries.
 
     ``anchors``/``positives`` (A, D) and ``pool`` (P, D) are unit vectors; ``valid`` (A, P) marks
-    the candidates that may be negatives at all. See the module docstring for K and fallback."""
-    s = anchors @ pool.T  # (A, P) cosine
-    d_an = torch.sqrt((2.0 - 2.0 * s).clamp_min(0.0))  # (A, P)
+    the candidates that may be negatives at all; ``sim`` (A, P), when given, is ``anchors @
+    pool.T`` already computed. See the module docstring for K and fallback.
+
+    The band is tested on cosines, which is the distance test rewritten without an (A, P) square
+    root: with d = sqrt(max(2 - 2s, 0)) monotone in s, d(a, n) > d(a, p) <=> s_n < min(s_p, 1),
+    and d(a, n) <= d(a, p) + m <=> s_n >= 1 - (d(a, p) + m)^2 / 2. The fallback is found the
+    same way: the nearest candidate below the band is the least similar of those at least as
+    similar as the positive, the nearest above it the most similar of those beyond the margin,
+    and only those two per anchor are compared by their distance to the band."""
+    s = (anchors @ pool.T if sim is None else sim).detach()  # (A, P) cosine
     d_ap = torch.sqrt((2.0 - 2.0 * (anchors * positives).sum(-1)).clamp_min(0.0))  # (A,)
-    g = d_an - d_ap[:, None]  # (A, P) how much farther than the positive
-    band = valid & (g > 0) & (g <= m)  # (A, P)
+    hi = (1.0 - 0.5 * d_ap * d_ap).clamp_max(1.0)[:, None]  # (A, 1) s_p, as d(a, p) rounds it
+    lo = (1.0 - 0.5 * (d_ap + m) ** 2)[:, None]  # (A, 1) the margin's edge
+    closer = s >= hi  # (A, P) no farther than the positive: g <= 0
+    inside = s >= lo  # (A, P) within the margin: g <= m
+    band = valid & inside & ~closer  # (A, P)
     p = pool.shape[0]
     if 0 < K < p:
-        far = d_an.masked_fill(~band, float("inf"))  # (A, P)
-        top = far.topk(K, dim=1, largest=False).indices  # (A, K) the K hardest in the band
+        key = torch.where(band, s, float("-inf"))  # (A, P)
+        top = key.topk(K, dim=1).indices  # (A, K) the K hardest (most similar) in the band
         band = torch.zeros_like(band).scatter_(1, top, band.gather(1, top))  # (A, P)
     if fallback == "none" or p == 0:
         return band
+    inf = float("inf")
     if fallback == "nearest":
-        key = torch.where(g > 0, g - m, -g)  # (A, P) distance to the band (outside it)
-    else:  # hardest
-        key = d_an  # (A, P)
-    key = key.masked_fill(~valid, float("inf"))  # (A, P)
-    j = key.argmin(dim=1, keepdim=True)  # (A, 1)
+        s1, j1 = torch.where(valid & closer, s, inf).min(1)  # (A,) nearest below the band
+        s2, j2 = torch.where(valid & ~inside, s, -inf).max(1)  # (A,) nearest above it
+        g1 = d_ap - torch.sqrt((2.0 - 2.0 * s1).clamp_min(0.0))  # (A,) its gap
+        g1 = torch.where(s1 < inf, g1, inf)  # (A,) inf where nothing lies below the band
+        g2 = torch.sqrt((2.0 - 2.0 * s2).clamp_min(0.0)) - d_ap - m  # (A,)
+        j = torch.where(g1 <= g2, j1, j2)[:, None]  # (A, 1)
+    else:  # hardest: the most similar valid candidate
+        j = torch.where(valid, s, -inf).argmax(dim=1, keepdim=True)  # (A, 1)
     empty = ~band.any(dim=1, keepdim=True)  # (A, 1)
     fb = torch.zeros_like(band).scatter_(1, j, valid.gather(1, j) & empty)  # (A, P)
     return band | fb
@@ -145,11 +159,12 @@ class SemiHard(Strategy):
                 negs.pool = torch.cat([negs.pool, bank])  # (2B + Q, D)
                 negs.pool_ids = torch.cat([negs.pool_ids, self.bank_ids])  # (2B + Q,)
                 negs.mask = torch.cat([negs.mask, bank_valid], dim=1)  # (A, 2B + Q)
-        a, p, d = negs.num_anchors, negs.pool_size, q.shape[1]
-        ctx.charge_mining(a * p * d)
+        # one product serves the band and, with its gradients, the objective (negs.sim); the
+        # objective's FLOPs count it, so it is not charged as mining
+        negs.sim = negs.anchors @ negs.pool.T  # (A, P)
         with torch.no_grad():
             negs.mask = semi_hard_mask(negs.anchors, negs.positives, negs.pool, negs.mask,
-                                       cfg.m, cfg.K, cfg.fallback)  # (A, P)
+                                       cfg.m, cfg.K, cfg.fallback, sim=negs.sim)  # (A, P)
         return negs
 
     @torch.no_grad()

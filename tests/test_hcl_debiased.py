@@ -195,11 +195,14 @@ def test_hcl_large_beta_stays_finite_in_float32():
     assert torch.isfinite(negs.weights).all() and (negs.weights[negs.mask] > 0).all()
 
 
-def test_hcl_charges_its_similarity_search():
+def test_hcl_hands_its_product_to_the_objective_instead_of_charging_it():
     q, k, ids = unit_pair(5, 3, 0)
+    q.requires_grad_()
     mining: list = []
-    strategies.create("hcl", dim=3, n_train=50).select(q, k, ctx_for(ids, mining=mining))
-    assert mining == [10 * 10 * 3]
+    negs = strategies.create("hcl", dim=3, n_train=50).select(q, k, ctx_for(ids, mining=mining))
+    assert mining == []  # the objective's FLOPs count the product it reuses
+    assert negs.sim is not None and negs.sim.requires_grad
+    torch.testing.assert_close(negs.sim, negs.anchors @ negs.pool.T)
     mining.clear()
     strategies.create("debiased", dim=3, n_train=50).select(q, k, ctx_for(ids, mining=mining))
     assert mining == []

@@ -135,13 +135,16 @@ def test_never_selects_own_instance_or_positive():
         assert not bool((negs.mask & negs.own_instance()).any())
 
 
-def test_charges_the_band_search_and_encodes_nothing():
+def test_hands_its_product_to_the_objective_and_encodes_nothing():
     q, k, ids = batch(6, 5, 20, seed=0)
+    q.requires_grad_()
     charges: list[int] = []
     table = Table(20, 5)
-    SemiHard(SemiHardConfig(), dim=5, n_train=20).select(q, k, make_ctx(ids, table,
-                                                                         mining=charges))
-    assert charges == [12 * 12 * 5]
+    negs = SemiHard(SemiHardConfig(), dim=5, n_train=20).select(
+        q, k, make_ctx(ids, table, mining=charges))
+    assert charges == []  # the band reuses the objective's product, counted in its FLOPs
+    assert negs.sim is not None and negs.sim.requires_grad
+    torch.testing.assert_close(negs.sim, negs.anchors @ negs.pool.T)
     assert table.encoded == 0 and table.refreshes == 0
 
 
