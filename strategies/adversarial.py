@@ -31,9 +31,15 @@ Design:
   the first step.
 - False-negative accounting: a learned negative has no dataset id (``pool_ids`` = -1). By the
   rule of ``Negatives``, it counts the label of the nearest real training embedding available at
-  that step: the key of the current batch with the largest cosine similarity to it
-  (``sources`` = that key's dataset id, weight 1). That key may be the anchor's own instance: the
-  negative then counts as a false negative of that anchor (it sits on the anchor's own instance).
+  that step: the query view of the current batch with the largest cosine similarity to it
+  (``sources`` = that view's dataset id, weight 1), read off the (B, M) similarities the
+  objective uses anyway. That view may be the anchor's own instance: the negative then counts as
+  a false negative of that anchor (it sits on the anchor's own instance).
+- Cost: ``mine`` computes the (B, M) similarities once, with the anchors' gradients, and hands
+  them to the objective as ``Negatives.sim``; ``update`` reuses their detached copy for the
+  ascent's logits when it is called with the same q (the harness's order: select, backward,
+  optimizer step, update), so a step costs the three (B, M, D) products of a plain InfoNCE
+  (forward, the anchors' gradient, the ascent's dL/dn) and nothing is charged as mining twice.
 
 NOTE: the rows are re-normalized after every step (AdCo normalizes them only where they are used);
 this keeps lr_neg's step size from shrinking as the norms grow, and AdCo's weight decay on the
@@ -94,13 +100,15 @@ class AdversarialConfig:
                                 f"be None, got {self.m}")
 
 
-def ascent_gradient(w: Tensor, q: Tensor, k: Tensor, tau: float) -> Tensor:
+def ascent_gradient(w: Tensor, q: Tensor, k: Tensor, tau: float,
+                    qn: Tensor | None = None) -> Tensor:
     """(M, D) gradient with respect to ``w`` of the InfoNCE loss at temperature ``tau``, averaged
-    over the B anchors q (positives k), whose negatives are the rows of ``w`` normalized."""
+    over the B anchors q (positives k), whose negatives are the rows of ``w`` normalized.
+    ``qn`` (B, M), when given, is ``q @ normalize(w).T`` already computed."""
     norm = w.norm(dim=1, keepdim=True).clamp_min(1e-12)  # (M, 1)
     n = w / norm  # (M, D)
     l_pos = (q * k).sum(1, keepdim=True) / tau  # (B, 1)
-    l_neg = q @ n.T / tau  # (B, M)
+    l_neg = (q @ n.T if qn is None else qn) / tau  # (B, M)
     p = torch.softmax(torch.cat([l_pos, l_neg], dim=1), dim=1)[:, 1:]  # (B, M)
     g = p.T @ q / (q.shape[0] * tau)  # (M, D) dL/dn
     return (g - (g * n).sum(1, keepdim=True) * n) / norm  # (M, D) through n = w / ||w||
@@ -119,6 +127,7 @@ class Adversarial(Strategy):
         self.W = nn.Parameter(w, requires_grad=False)  # (M, D)
         self.register_buffer("velocity", torch.zeros(cfg.M, dim))  # (M, D)
         self.register_buffer("filled", torch.zeros((), dtype=torch.long))  # rows holding keys
+        self._qn = None  # (q, q's version, (B, M) similarities) from the last mine()
 
     @property
     def key_momentum(self) -> float | None:
@@ -126,11 +135,16 @@ class Adversarial(Strategy):
 
     def mine(self, q: Tensor, k: Tensor, ctx: StepContext) -> Negatives:
         pool = F.normalize(self.W.detach(), dim=1).to(q.dtype)  # (M, D)
-        m, d = pool.shape
+        m = pool.shape[0]
         b = q.shape[0]
-        nearest = (pool @ k.detach().T).argmax(1)  # (M,) the key closest to each negative
-        ctx.charge_mining(m * b * d)
+        sim = q @ pool.T  # (B, M) the objective's similarities (negs.sim), with q's gradients
+        sd = sim.detach()  # (B, M)
+        nearest = sd.argmax(0)  # (M,) the query view closest to each negative
+        # for update(): the ascent's logits. Holding q keeps its memory from being reused, so a
+        # q at the same address with the same version counter is this q, unmodified.
+        self._qn = (q.detach(), q._version, sd)
         return Negatives(
+            sim=sim,
             anchors=q,
             positives=k,
             anchor_ids=ctx.ids,
@@ -154,10 +168,16 @@ class Adversarial(Strategy):
         ascend = (row < self.filled)[:, None]  # (M, 1) rows that already hold data
         fill = (~ascend) & (row < self.filled + b)[:, None]  # (M, 1) rows taking a key now
         keys = F.normalize(k, dim=1)[(row - self.filled).clamp(0, b - 1)]  # (M, D)
-        g = ascent_gradient(w, q, k, c.tau_neg)  # (M, D)
+        key, self._qn = self._qn, None
+        qn = None  # the (B, M) similarities mine() computed, if this is the same q
+        if (key is not None and key[0].data_ptr() == q.data_ptr() and key[0].shape == q.shape
+                and key[1] == q._version):
+            qn = key[2].to(w.dtype)
+        g = ascent_gradient(w, q, k, c.tau_neg, qn)  # (M, D)
         self.velocity.mul_(c.mu).add_(g).mul_(ascend)  # (M, D), 0 on rows not yet ascending
         stepped = F.normalize(w + c.lr_neg * self.velocity, dim=1)  # (M, D)
         w.copy_(torch.where(ascend, stepped, torch.where(fill, keys, w)))  # (M, D)
         self.filled.add_(b).clamp_(max=m)
-        ctx.charge_mining(2 * b * m * d)  # the (B, M) logits and the (M, D) product
+        # the (M, D) product, and the (B, M) logits when mine()'s could not be reused
+        ctx.charge_mining(b * m * d * (1 if qn is not None else 2))
         ctx.charge_adversary(m * d)

@@ -117,7 +117,7 @@ def test_negatives_get_harder_under_ascent_on_fixed_anchors():
     assert losses[-1] > losses[0] + 0.5, losses
 
 
-def test_sources_are_the_nearest_key_of_the_batch():
+def test_sources_are_the_nearest_query_view_of_the_batch():
     b, m, d = 9, 11, 5
     s = _adversary(m, d)
     table = Table(300, d)
@@ -127,9 +127,10 @@ def test_sources_are_the_nearest_key_of_the_batch():
     assert (negs.pool_ids == -1).all()
     assert negs.sources.shape == (m, 1) and (negs.source_weights == 1).all()
     for j in range(m):
-        sims = [sum(float(negs.pool[j, c]) * float(k[i, c]) for c in range(d)) for i in range(b)]
+        sims = [sum(float(negs.pool[j, c]) * float(q[i, c]) for c in range(d)) for i in range(b)]
         assert int(negs.sources[j, 0]) == int(ids[max(range(b), key=sims.__getitem__)])
-    assert mining == [m * b * d]
+    assert mining == []  # the (B, M) product is the objective's (negs.sim)
+    torch.testing.assert_close(negs.sim, q @ negs.pool.T)
     # the harness counts a learned negative by its source's label
     labels = torch.arange(300) % 3
     fn = false_negative_matrix(negs, labels)  # (B, M)
@@ -156,7 +157,7 @@ def test_encoder_backward_leaves_the_negatives_alone_and_costs_are_charged():
     s.update(q.detach(), k, ctx)
     assert not torch.equal(s.W.detach(), before)
     torch.testing.assert_close(s.W.norm(dim=1), torch.ones(m, dtype=torch.float64))
-    assert mining == [m * b * d, 2 * b * m * d] and adversary == [m * d]
+    assert mining == [b * m * d] and adversary == [m * d]  # the ascent reused negs.sim
     assert s.state_bytes() == 2 * m * d * 8 + 8  # W, its velocity and the fill counter
 
 
@@ -168,3 +169,28 @@ def test_key_momentum_and_config_checks():
                 {"lr_neg": float("nan")}):
         with pytest.raises(StrategyError, match=next(iter(bad))):
             AdversarialConfig(**bad)
+
+
+def test_update_reusing_the_steps_similarities_equals_recomputing_them():
+    b, m, d = 8, 12, 6
+    ids, q, k = _inputs(b, d, seed=6)
+    table = Table(300, d)
+    torch.manual_seed(0)
+    reused = _adversary(m, d)
+    torch.manual_seed(0)
+    fresh = _adversary(m, d)
+    for step in range(4):  # filling, then ascent steps
+        ids, q, k = _inputs(b, d, seed=10 + step)
+        q = q.clone().requires_grad_(True)
+        mining: list[int] = []
+        reused.select(q, k, make_ctx(ids, table, mining=mining))
+        reused.update(q.detach(), k, make_ctx(ids, table, mining=mining))
+        fresh.update(q.detach(), k, make_ctx(ids, table))  # no select: recomputes q @ n.T
+        torch.testing.assert_close(reused.W.detach(), fresh.W.detach(), rtol=1e-12, atol=1e-12)
+        assert mining == [b * m * d]  # only the ascent's (M, D) product
+    # an update with another q must not reuse the last select's similarities
+    ids2, q2, k2 = _inputs(b, d, seed=99)
+    reused.select(q, k, make_ctx(ids, table))
+    reused.update(q2, k2, make_ctx(ids2, table))
+    fresh.update(q2, k2, make_ctx(ids2, table))
+    torch.testing.assert_close(reused.W.detach(), fresh.W.detach(), rtol=1e-12, atol=1e-12)
