@@ -65,7 +65,8 @@ def linear_probe(train_f: Tensor, train_y: Tensor, query_f: Tensor, query_y: Ten
 
 def evaluate(encoder: nn.Module, suite: Suite, data: SuiteData, cfg: EvalConfig,
              seed: int) -> dict[str, float]:
-    """kNN and linear accuracy on ``cfg.split`` (test, or val when tuning)."""
+    """kNN and linear accuracy on ``cfg.split`` (test, or val when tuning), and the suite's own
+    metrics on the same split (:meth:`suites.Suite.evaluate_extra`)."""
     query = data.split(cfg.split)
     tf = embed(encoder, suite, data.train.x)
     qf = embed(encoder, suite, query.x)
@@ -74,4 +75,5 @@ def evaluate(encoder: nn.Module, suite: Suite, data: SuiteData, cfg: EvalConfig,
                             cfg.knn_temperature),
         "linear_acc": linear_probe(tf, data.train.y, qf, query.y, data.n_classes,
                                    cfg.linear_epochs, cfg.linear_lr, seed),
+        **suite.evaluate_extra(encoder, data, cfg.split),
     }

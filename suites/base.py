@@ -22,12 +22,13 @@ class DataUnavailable(SuiteError):
 class Split:
     x: Tensor  # (N, ...) stored form (uint8 images, token ids), on the CPU until the run moves it
     y: Tensor  # (N,) int64 oracle labels
+    source: Tensor | None = None  # (N,) int64 each item's index in the suite's source data
 
     def __len__(self) -> int:
         return self.y.shape[0]
 
     def to(self, device) -> Split:
-        return Split(self.x.to(device), self.y.to(device))
+        return Split(self.x.to(device), self.y.to(device), self.source)
 
 
 @dataclass
@@ -105,6 +106,11 @@ class Suite:
         """A fresh encoder: ``forward`` gives unit-norm projections, ``features`` the
         representation that evaluation probes."""
         raise NotImplementedError
+
+    def evaluate_extra(self, encoder: nn.Module, data: SuiteData, split: str) -> dict[str, float]:
+        """Metrics of this suite's own beside kNN and linear accuracy (text retrieval, ...),
+        computed on ``split`` with the frozen ``encoder``. None by default."""
+        return {}
 
 
 def stratified_holdout(idx, y, fraction: float, seed: int):

@@ -50,7 +50,9 @@ class Digits(Suite):
         tr, va = stratified_holdout(rest, d.target, c.val_fraction / (1 - c.test_fraction),
                                     c.split_seed)
         return SuiteData(
-            train=Split(x[tr], y[tr]), val=Split(x[va], y[va]), test=Split(x[te], y[te]),
+            train=Split(x[tr], y[tr], torch.from_numpy(tr)),
+            val=Split(x[va], y[va], torch.from_numpy(va)),
+            test=Split(x[te], y[te], torch.from_numpy(te)),
             n_classes=10, class_names=tuple(str(i) for i in range(10)),
         )
 

@@ -118,8 +118,11 @@ class FashionMNIST(Suite):
         y = torch.from_numpy(ytr)
         xt = torch.from_numpy(arr["test_x"].copy())[:, None]
         yt = torch.from_numpy(arr["test_y"].astype(np.int64))
-        return SuiteData(train=Split(x[tr], y[tr]), val=Split(x[va], y[va]), test=Split(xt, yt),
-                         n_classes=10, class_names=CLASSES)
+        src = torch.from_numpy(np.concatenate([tr, va]))  # the test images follow the 60,000
+        test_src = len(ytr) + torch.arange(len(yt))
+        return SuiteData(train=Split(x[tr], y[tr], src[:len(tr)]),
+                         val=Split(x[va], y[va], src[len(tr):]),
+                         test=Split(xt, yt, test_src), n_classes=10, class_names=CLASSES)
 
     def prepare(self, x: Tensor) -> Tensor:
         return x.float() / 255.0
