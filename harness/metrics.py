@@ -69,7 +69,7 @@ class NegativeMeter:
             w.sum(dtype=dt),
             (fn * w).sum(dtype=dt),
             (sim * sel).sum(dtype=dt),
-            own.sum().to(dt),
+            torch.count_nonzero(own).to(dt),
             torch.tensor(negs.num_anchors, dtype=dt, device=sel.device),
         ])
         self.acc += step

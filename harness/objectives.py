@@ -116,7 +116,8 @@ def info_nce(negs: Negatives, temperature: float) -> ObjectiveOut:
     weights = negs.candidate_weights()
     w = sel.to(sim.dtype) if weights is None else sel * weights.to(sim.dtype)  # (A, W)
     tp = negs.tau_plus
-    n = sel.sum(1).to(sim.dtype) if tp else None  # (A,) negatives per anchor
+    # (A,) negatives per anchor; a bool row sum straight into a float is ~6x faster than into int64
+    n = sel.sum(1, dtype=sim.dtype) if tp else None
     if 2.0 / tau <= 80.0:
         loss = _ShiftedNCE.apply(sim, pos, w, n, 1.0 / tau, tp)  # (A,)
         return ObjectiveOut(loss=loss.mean(), sim=sim.detach())

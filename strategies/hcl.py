@@ -62,7 +62,7 @@ def importance_weights(sim: Tensor, sel: Tensor, beta: float, tau: float) -> Ten
     fill and no logsumexp: exp(-inf) is several times slower than exp of a normal number on
     CPUs (the same reason as the objective's)."""
     k = beta / tau
-    n = sel.sum(1, keepdim=True).to(sim.dtype)  # (A, 1) negatives per anchor
+    n = sel.sum(1, keepdim=True, dtype=sim.dtype)  # (A, 1) negatives per anchor
     tiny = torch.finfo(sim.dtype).tiny
     if 2.0 * k <= 80.0:
         e = torch.exp((sim - 1.0) * k) * sel  # (A, P) in [e^-80, 1] where selected, else 0
