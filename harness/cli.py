@@ -146,7 +146,8 @@ def cmd_run(args) -> int:
         t = Table(title=f"{cfg.suite} / {cfg.strategy} / seed {cfg.seed}")
         t.add_column("metric")
         t.add_column("value", justify="right")
-        for k in ("knn_acc", "linear_acc", "fnr", "fnr_weighted", "hardness",
+        suite_own = sorted(k for k in result.metrics if k.startswith("retrieval_"))
+        for k in ("knn_acc", "linear_acc", *suite_own, "fnr", "fnr_weighted", "hardness",
                   "collisions_per_anchor", "samples_seen", "steps", "flops", "wall_seconds",
                   "samples_per_second", "peak_mem_mb"):
             t.add_row(k, format_value(result.metrics.get(k)))
@@ -253,6 +254,7 @@ def cmd_suites(args) -> int:
     for c in ("name", "modality", "data source", "size (train/val/test)", "encoder",
               "default budget", "data"):
         t.add_column(c)
+    missing = []
     for n in suites.names():
         s = suites.create(n, data_dir=args.data_dir)
         status = s.data_status()
@@ -260,10 +262,15 @@ def cmd_suites(args) -> int:
         if status == "present":
             d = s.load()
             size = f"{len(d.train):,}/{len(d.val):,}/{len(d.test):,}"
+        else:
+            missing.append(status)
         kind, amount = s.default_budget
         t.add_row(n, s.modality, s.source, size, s.describe_encoder(), f"{kind}={amount:,.0f}",
-                  status)
-    _console(stderr=False).print(t)
+                  "present" if status == "present" else "missing (see below)")
+    console = _console(stderr=False)
+    console.print(t)
+    for line in missing:  # the how-to lines, whole, under the table
+        console.print(f"- {line}", soft_wrap=True, highlight=False)
     return 0
 
 

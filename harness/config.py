@@ -223,7 +223,8 @@ def build_config(suite: str, strategy: str, seed: int = 0, budget: BudgetConfig 
     """Resolve a run's config from names, seed, budget and dotted overrides.
 
     ``strategy.*`` keys go to the strategy's config, ``suite.*`` to the suite's, the rest to the
-    run's own groups. The suite's default budget and batch size fill in what is left unset."""
+    run's own groups. The suite's default budget and batch size, and its
+    :meth:`~suites.Suite.run_defaults`, fill in what is left unset."""
     try:
         strat_cls = strategies.get(strategy)
         suite_cls = suites.get(suite)
@@ -241,6 +242,9 @@ def build_config(suite: str, strategy: str, seed: int = 0, budget: BudgetConfig 
     try:
         strat_cfg = apply_overrides(strat_cls.Config(), strat_sets, "strategy")
         suite_cfg = apply_overrides(suite_cls.Config(), suite_sets, "suite")
+        # the suite's own defaults for run settings (a pretrained encoder's learning rate),
+        # below anything set explicitly
+        run_sets = {**suite_cls.run_defaults(suite_cfg), **run_sets}
         base = RunConfig(suite=suite, strategy=strategy, seed=seed,
                          budget=budget or BudgetConfig(), strategy_cfg=strat_cfg,
                          suite_cfg=suite_cfg)

@@ -52,6 +52,7 @@ class Suite:
     name: ClassVar[str] = ""
     Config: ClassVar[type] = None  # type: ignore[assignment]
     modality: ClassVar[str] = ""
+    offline: ClassVar[bool] = True  # its data ships in a package here (False: download or files)
     source: ClassVar[str] = ""  # where the data comes from, for `negbench suites`
     default_budget: ClassVar[tuple[str, float]] = ("samples", 50_000)
     default_batch_size: ClassVar[int] = 256
@@ -80,6 +81,12 @@ class Suite:
     def locate(self) -> str:
         """Where the data will be read from; raises DataUnavailable when it cannot be found."""
         return self.source
+
+    @classmethod
+    def run_defaults(cls, cfg: Any) -> dict[str, str]:
+        """Run settings (dotted keys, as ``--set`` takes them) this suite's config needs unless
+        the user sets them: e.g. a pretrained encoder's small learning rate. None by default."""
+        return {}
 
     def describe_encoder(self) -> str:
         enc = self.build_encoder()

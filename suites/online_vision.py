@@ -147,6 +147,7 @@ class OnlineVisionSuite(Suite):
 
     data_source: ClassVar[Source]
     modality = "vision"
+    offline = False  # downloads, or files passed with --data-dir
     source = "torchvision download (network) or --data-dir"
     default_batch_size = 512
 

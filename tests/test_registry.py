@@ -15,7 +15,7 @@ import strategies
 import suites
 from harness.config import BudgetConfig, build_config
 from harness.objectives import info_nce
-from harness.runner import run
+from harness.runner import Trainer, run
 from strategies import Choice, Float, Int, Negatives, Strategy, StrategyError, register
 from strategies.registry import RegistryError
 
@@ -214,6 +214,12 @@ def test_suite_conforms(name):
     for split in (d.train, d.val, d.test):
         assert split.y.dtype == torch.long and int(split.y.max()) < d.n_classes
     assert set(d.train.y.tolist()) == set(range(d.n_classes))
+    # the splits are disjoint: no source item in two of them
+    srcs = [split.source for split in (d.train, d.val, d.test)]
+    assert all(src is not None and src.shape == split.y.shape
+               for src, split in zip(srcs, (d.train, d.val, d.test), strict=True))
+    joined = torch.cat(srcs)
+    assert joined.unique().numel() == joined.numel(), "an item lies in two splits"
     g = torch.Generator().manual_seed(0)
     x = d.train.x[:16]
     v1, v2 = s.views(x, g)
@@ -223,3 +229,28 @@ def test_suite_conforms(name):
     assert z.shape == (16, enc.out_dim)
     assert torch.allclose(z.norm(dim=1), torch.ones(16), atol=1e-5)
     assert enc.features(v1).shape == (16, enc.feature_dim)
+
+
+OFFLINE_SUITES = [n for n in SUITES if suites.get(n).offline]
+
+
+@pytest.mark.parametrize("name", OFFLINE_SUITES)
+def test_offline_suite_trains_and_evaluates(name):
+    """Every offline suite: a short real run lowers the loss, every evaluation metric lies in
+    [0, 1], and the FNR is counted with the suite's own training labels."""
+    s = suites.create(name)
+    if s.data_status() != "present":
+        pytest.skip(f"{name}: {s.data_status()}")
+    cfg = build_config(name, "in-batch", seed=0, budget=BudgetConfig("samples", 32 * 24),
+                       sets={"batch_size": "32", "log_every": "6", "eval.linear_epochs": "30"})
+    tr = Trainer(cfg)
+    assert torch.equal(tr.meter.labels.cpu(), s.load().train.y)  # the oracle is the suite's
+    tr.train()
+    losses = [h["loss"] for h in tr.history]
+    assert len(losses) == 4 and losses[-1] < losses[0], losses
+    m = tr.finish()
+    assert suites.get(name).offline
+    evals = [k for k in m if k.endswith("_acc") or k.startswith("retrieval_")]
+    assert {"knn_acc", "linear_acc"} <= set(evals)
+    for key in evals + ["fnr", "fnr_weighted"]:
+        assert 0.0 <= m[key] <= 1.0, (key, m[key])
