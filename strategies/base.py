@@ -227,8 +227,14 @@ class Negatives:
                 self._with_extra(pad(sw, 0.0), pad(esw, 0.0)))
 
     def own_instance(self) -> Tensor:
-        """(A, W) bool: candidates that hold the anchor's own instance."""
-        return self.anchor_ids[:, None] == self.candidate_ids()
+        """(A, W) bool: candidates that hold the anchor's own instance. Compared block by block
+        (shared, then extras), so no (A, W) int64 id matrix is formed."""
+        ids = self.pool_ids[None, :] if self.index is None else self.pool_ids[self.index]
+        own = self.anchor_ids[:, None] == ids  # (A, P) or (A, K)
+        if self.extra_ids is None:
+            return own
+        return torch.cat([own.expand(self.num_anchors, -1),
+                          self.anchor_ids[:, None] == self.extra_ids], dim=1)  # (A, W)
 
 
 @dataclass
