@@ -1,8 +1,10 @@
-"""mixing (MoCHi, Kalantidis et al. 2020): the hardest-N selection and the mixing against a
-loop-written reference (same generator draws), unit norm, detached synthesis, FNR accounting."""
+"""mixing (MoCHi, Kalantidis et al. 2020): the hardest-N selection and the mixes' similarities
+against a loop-written reference (same generator draws); the Gram-trick similarity function against
+materialised, detached mixes (values and gradients, gradcheck); FNR accounting."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -14,7 +16,13 @@ import strategies
 from harness.metrics import NegativeMeter, false_negative_matrix
 from harness.objectives import info_nce
 from strategies import Negatives, StrategyError
-from strategies.mixing import MixingConfig
+from strategies.mixing import (
+    MixingConfig,
+    _MixedSimilarity,
+    gram_buffer,
+    hardest,
+    mixed_similarity,
+)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -46,10 +54,11 @@ def select(cfg, q, k, ids, seed=0, charges=None):
 
 
 # --------------------------------------------------------------------------- loop reference
-def reference(q, k, ids, n_hard, s, s2, seed):
+def reference(q, k, ids, n_hard, s, s2, seed, draw_dtype=torch.float64):
     """MoCHi written one anchor and one synthetic point at a time, replaying the generator draws
-    in the order the module documents. Returns, per anchor, its mask row over the 2B views, its
-    synthetic vectors, their sources and source weights."""
+    in the order the module documents (alpha and beta drawn in ``draw_dtype``, the embeddings').
+    Returns, per anchor, its mask row over the 2B views, its synthetic vectors, their sources
+    and source weights."""
     b = q.shape[0]
     z = torch.cat([q, k]).tolist()
     zid = torch.cat([ids, ids]).tolist()
@@ -58,9 +67,9 @@ def reference(q, k, ids, n_hard, s, s2, seed):
     g = torch.Generator().manual_seed(seed)
     i = torch.randint(n, (p, s), generator=g)
     off = torch.randint(max(n - 1, 1), (p, s), generator=g)
-    alpha = torch.rand((p, s), generator=g, dtype=torch.float64)
+    alpha = torch.rand((p, s), generator=g, dtype=draw_dtype)
     jq = torch.randint(n, (p, s2), generator=g)
-    beta = 0.5 * torch.rand((p, s2), generator=g, dtype=torch.float64)
+    beta = 0.5 * torch.rand((p, s2), generator=g, dtype=draw_dtype)
 
     def dot(u, v):
         return sum(x * y for x, y in zip(u, v, strict=True))
@@ -98,24 +107,28 @@ def reference(q, k, ids, n_hard, s, s2, seed):
     (4, 5, 100, 3, 2, 2),  # N capped at the 2B-2 real negatives
     (3, 2, 1, 2, 2, 3),  # N = 1: a pair mix is its single parent
     (5, 3, 4, 0, 0, 4),  # no synthesis
+    (64, 5, 4, 3, 2, 5),  # P = 128 = 32 N: the N hardest through the grouped pruning pass
 ])
 def test_selection_and_mixing_match_loop_reference(b, d, n_hard, s, s2, seed):
     q, k, ids = unit_pair(b, d, seed)
     negs = select(MixingConfig(N=n_hard, s=s, s_prime=s2), q, k, ids, seed=seed + 10)
     ref = reference(q, k, ids, n_hard, s, s2, seed + 10)
     p, S = 2 * b, s + s2
-    # the shared selection is in-batch's mask form; the mixes are per-anchor extras
+    z = torch.cat([q, k]).tolist()
+    # the shared selection is in-batch's mask form; the mixes are virtual per-anchor extras
     assert negs.index is None and negs.sources is None and negs.batch_views == p
     assert torch.equal(negs.pool, torch.cat([q, k]))
     assert torch.equal(negs.pool_ids, torch.cat([ids, ids]))
-    assert negs.extra.shape == (p, S, d) and negs.width == p + S
+    assert negs.extra is None and negs.num_extra == S and negs.width == p + S
+    assert negs.sim.shape == (p, p + S)
     assert torch.equal(negs.extra_ids, torch.full((p, S), -1))
     assert bool(negs.extra_mask.all())
     for a, (row, vecs, srcs, ws) in enumerate(ref):
         assert negs.mask[a].tolist() == row
+        want = [sum(x * y for x, y in zip(z[a], v, strict=True)) for v in z + vecs]
+        torch.testing.assert_close(negs.sim[a].detach(), torch.tensor(want, dtype=torch.float64),
+                                   rtol=0, atol=1e-14)
         if S:
-            torch.testing.assert_close(negs.extra[a], torch.tensor(vecs, dtype=torch.float64),
-                                       rtol=0, atol=1e-14)
             assert negs.extra_sources[a].tolist() == srcs
             torch.testing.assert_close(negs.extra_source_weights[a],
                                        torch.tensor(ws, dtype=torch.float64), rtol=0, atol=0)
@@ -124,6 +137,21 @@ def test_selection_and_mixing_match_loop_reference(b, d, n_hard, s, s2, seed):
     assert src[:, :p, 0].tolist() == [torch.cat([ids, ids]).tolist()] * p
     assert (src[:, :p, 1] == -1).all() and sw[:, :p].tolist() == [[[1.0, 0.0]] * p] * p
     assert torch.equal(src[:, p:], negs.extra_sources)
+
+
+@pytest.mark.parametrize("a,p,n", [
+    (7, 256, 8), (5, 260, 8), (3, 4096, 64), (3, 2048, 64),  # 32 N <= P <= 64 N: grouped
+    (5, 258, 8), (6, 64, 8), (2, 1028, 16), (4, 40, 40),  # P not a multiple of 4, out of range
+])
+def test_hardest_equals_topk(a, p, n):
+    # the grouped pruning pass (32 N <= P <= 64 N, P a multiple of 4) and the plain top-k agree with
+    # torch.topk, -inf entries (the masked own view and positive) included
+    g = torch.Generator().manual_seed(p + n)
+    sim = torch.randn(a, p, generator=g)  # (A, P)
+    sim[:, :2] = float("-inf")
+    sim[0] = torch.rand(p, generator=g) ** 8  # a row crowded near 0
+    got = hardest(sim, n)  # (A, N)
+    assert torch.equal(got, sim.topk(n, dim=1).indices)
 
 
 def test_hardest_parents_are_the_hardest():
@@ -139,13 +167,16 @@ def test_hardest_parents_are_the_hardest():
             assert sorted(negs.extra_sources[a, t].tolist()) == want
 
 
-def test_synthetic_negatives_have_unit_norm():
+def test_float32_similarities_match_float64_materialised_mixes():
+    # the Gram trick in float32 against the float64 loop reference's materialised mixes
     q, k, ids = unit_pair(16, 8, 1, dtype=torch.float32)
-    negs = select(MixingConfig(N=8, s=16, s_prime=8), q, k, ids)
-    norms = negs.extra.norm(dim=-1)  # (A, S)
-    assert norms.shape == (32, 24)
-    torch.testing.assert_close(norms, torch.ones_like(norms), rtol=0, atol=1e-6)
-    assert negs.extra.dtype == torch.float32 and negs.extra_source_weights.dtype == torch.float32
+    negs = select(MixingConfig(N=8, s=16, s_prime=8), q, k, ids, seed=3)
+    assert negs.sim.dtype == torch.float32 and negs.extra_source_weights.dtype == torch.float32
+    ref = reference(q.double(), k.double(), ids, 8, 16, 8, 3, torch.float32)
+    syn = torch.tensor([vecs for _, vecs, _, _ in ref], dtype=torch.float64)  # (A, S, D)
+    want = torch.einsum("ad,asd->as", torch.cat([q, k]).double(), syn)  # (A, S)
+    assert want.abs().max() <= 1 + 1e-12
+    torch.testing.assert_close(negs.sim[:, 32:].detach().double(), want, rtol=0, atol=2e-6)
 
 
 def test_query_mixes_lean_towards_the_query():
@@ -166,11 +197,12 @@ def test_no_gradient_through_the_synthesis():
     # parents (other anchors' views, and the query itself for h') carry no gradient
     q, k, ids = unit_pair(5, 4, 3)
     q, k = q.clone().requires_grad_(True), k.clone().requires_grad_(True)
-    negs = select(MixingConfig(N=3, s=3, s_prime=3), q, k, ids)
-    assert not negs.extra.requires_grad and negs.extra.grad_fn is None
+    negs = select(MixingConfig(N=3, s=3, s_prime=3), q, k, ids, seed=4)
+    assert negs.extra is None and negs.sim.requires_grad
     syn_part = negs.similarity()[:, 10:]  # (A, s + s')
-    gq, gk = torch.autograd.grad(syn_part.sum(), (q, k))
-    syn = negs.extra.detach()  # (A, s + s', D)
+    gq, gk = torch.autograd.grad(syn_part.sum(), (q, k), retain_graph=True)
+    ref = reference(q.detach(), k.detach(), ids, 3, 3, 3, 4)
+    syn = torch.tensor([vecs for _, vecs, _, _ in ref], dtype=torch.float64)  # (A, s + s', D)
     torch.testing.assert_close(gq, syn[:5].sum(1), rtol=0, atol=1e-14)
     torch.testing.assert_close(gk, syn[5:].sum(1), rtol=0, atol=1e-14)
     # real negatives keep their gradient, as in in-batch: the real part of the loss's gradient
@@ -181,15 +213,93 @@ def test_no_gradient_through_the_synthesis():
     got = torch.autograd.grad(real_part.sum(), (q, k))
     for g_got, g_want in zip(got, want, strict=True):
         torch.testing.assert_close(g_got, g_want, rtol=0, atol=1e-14)
-    loss = info_nce(negs, 0.2).loss
-    gq_all, = torch.autograd.grad(loss, q)
-    assert torch.isfinite(gq_all).all() and gq_all.abs().sum() > 0
+
+
+def test_loss_and_gradient_equal_materialised_extras():
+    # the virtual extras give the objective exactly what the materialised, detached (A, S, D)
+    # mixes gave it: the same loss and the same gradients to both views
+    q, k, ids = unit_pair(6, 5, 9)
+    q, k = q.clone().requires_grad_(True), k.clone().requires_grad_(True)
+    negs = select(MixingConfig(N=4, s=5, s_prime=3), q, k, ids, seed=2)
+    ref = reference(q.detach(), k.detach(), ids, 4, 5, 3, 2)
+    syn = torch.tensor([vecs for _, vecs, _, _ in ref], dtype=torch.float64)  # (A, S, D)
+    mat = dataclasses.replace(negs, sim=None, extra=syn)
+    for tau in (0.2, 0.01):  # the objective's constant-shift and clamped branches
+        got, want = info_nce(negs, tau).loss, info_nce(mat, tau).loss
+        torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-13)
+        for g_got, g_want in zip(torch.autograd.grad(got, (q, k), retain_graph=True),
+                                 torch.autograd.grad(want, (q, k)), strict=True):
+            torch.testing.assert_close(g_got, g_want, rtol=1e-12, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- the Gram trick
+def random_mixes(p: int, s: int, seed: int, *, unit: bool):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(p, 6, generator=g, dtype=torch.float64)  # (P, D)
+    if unit:
+        z = F.normalize(z, dim=1)
+    first = torch.randint(p, (p, s), generator=g)  # (P, S)
+    first[:, -2:] = torch.arange(p)[:, None]  # two query mixes: the anchor is the first parent
+    second = torch.randint(p, (p, s), generator=g)  # (P, S)
+    w = torch.rand((p, s), generator=g, dtype=torch.float64)  # (P, S)
+    return z, first, second, w
+
+
+def materialised(z, first, second, w):
+    """(A, P + S): z against the pool z and against the detached normalised mixes."""
+    syn = F.normalize(z[second].lerp(z[first], w[..., None]), dim=-1).detach()  # (A, S, D)
+    return torch.cat([z @ z.T, torch.einsum("ad,asd->as", z, syn)], dim=1)
+
+
+@pytest.mark.parametrize("unit", [True, False])
+def test_mixed_similarity_gradcheck_against_materialised(unit):
+    # non-unit rows too: the mixes' norms come from the Gram diagonal, not from an assumed 1
+    z0, first, second, w = random_mixes(7, 5, 0 if unit else 1, unit=unit)
+    z = z0.clone().requires_grad_(True)
+    got = mixed_similarity(z, gram_buffer(z0, 5), first, second, w)  # (A, P + S)
+    torch.testing.assert_close(got.detach(), materialised(z0, first, second, w),
+                               rtol=0, atol=1e-14)
+    # the materialised reference with the mixes frozen at z0 is what "synthetic points are
+    # constants" means; gradcheck proves its Jacobian against finite differences ...
+    syn0 = F.normalize(z0[second].lerp(z0[first], w[..., None]), dim=-1)  # (A, S, D)
+
+    def frozen(x):
+        return torch.cat([x @ x.T, torch.einsum("ad,asd->as", x, syn0)], dim=1)
+
+    assert torch.autograd.gradcheck(frozen, (z,))
+    # ... and the custom backward gives exactly that Jacobian (every row of it)
+    def custom(x):
+        return mixed_similarity(x, gram_buffer(x, 5), first, second, w)
+
+    jac_got = torch.autograd.functional.jacobian(custom, z)
+    jac_want = torch.autograd.functional.jacobian(frozen, z)
+    torch.testing.assert_close(jac_got, jac_want, rtol=0, atol=1e-13)
+
+
+def test_mixed_similarity_gradient_to_one_side_only():
+    # anchors and pool as separate inputs: the anchors get (G_main + C) @ pool, the pool only
+    # G_main^T @ anchors; either may be the one that does not require grad
+    z0, first, second, w = random_mixes(6, 4, 2, unit=True)
+    grad = torch.randn(6, 10, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+
+    def grads(anchors, pool):
+        out = _MixedSimilarity.apply(anchors, pool, gram_buffer(z0, 4), first, second, w)
+        leaves = [t for t in (anchors, pool) if t.requires_grad]
+        return torch.autograd.grad(out, leaves, grad)
+
+    ga, gp = grads(z0.clone().requires_grad_(True), z0.clone().requires_grad_(True))
+    syn = F.normalize(z0[second].lerp(z0[first], w[..., None]), dim=-1)  # (A, S, D)
+    torch.testing.assert_close(ga, grad[:, :6] @ z0 + torch.einsum("as,asd->ad", grad[:, 6:], syn),
+                               rtol=0, atol=1e-13)
+    torch.testing.assert_close(gp, grad[:, :6].T @ z0, rtol=0, atol=1e-13)
+    torch.testing.assert_close(grads(z0.clone().requires_grad_(True), z0)[0], ga, rtol=0, atol=0)
+    torch.testing.assert_close(grads(z0, z0.clone().requires_grad_(True))[0], gp, rtol=0, atol=0)
 
 
 def test_no_synthesis_equals_in_batch_loss():
     q, k, ids = unit_pair(7, 5, 4)
     mix = select(MixingConfig(N=4, s=0, s_prime=0), q, k, ids)
-    assert mix.extra.shape == (14, 0, 5)
+    assert mix.num_extra == 0 and mix.sim.shape == (14, 14)
     ib = strategies.create("in-batch", dim=5, n_train=70).select(q, k, ctx_for(ids))
     torch.testing.assert_close(info_nce(mix, 0.3).loss, info_nce(ib, 0.3).loss,
                                rtol=1e-13, atol=1e-13)
@@ -277,8 +387,10 @@ def test_default_config_small_batch_and_costs():
     cfg = MixingConfig()
     S = cfg.s + cfg.s_prime
     assert negs.pool.shape == (16, 16) and negs.mask.shape == (16, 16)
-    assert negs.extra.shape == (16, S, 16) and negs.width == 16 + S
-    assert charges == {"mining": [16 * 16 * 16], "adv": [16 * S * 16]}
+    assert negs.extra is None and negs.num_extra == S and negs.width == 16 + S
+    # one (A, P) product, the objective's own (negs.sim): nothing charged as mining; the mixing
+    # work is the A S mix similarities
+    assert charges == {"mining": [], "adv": [16 * S]}
     out = info_nce(negs, 0.2)
     assert torch.isfinite(out.loss) and out.sim.shape == (16, 16 + S)
 
