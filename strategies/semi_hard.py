@@ -109,25 +109,37 @@ def semi_hard_mask(anchors: Tensor, positives: Tensor, pool: Tensor, valid: Tens
     inside = s >= lo  # (A, P) within the margin: g <= m
     band = valid & inside & ~closer  # (A, P)
     p = pool.shape[0]
+    # NOTE: masked extrema are taken on s shifted by +-4 where the mask holds (cosines lie in
+    # [-1, 1], so a shifted entry always wins), not on torch.where(mask, s, inf): on CPUs a
+    # select with an unpredictable mask costs ~2 ns an element, 3-5x the float arithmetic. The
+    # values are then gathered from s itself, unshifted.
     if 0 < K < p:
-        key = torch.where(band, s, float("-inf"))  # (A, P)
-        top = key.topk(K, dim=1).indices  # (A, K) the K hardest (most similar) in the band
+        top = _shifted(s, band, 4.0).topk(K, dim=1).indices  # (A, K) the K most similar in band
         band = torch.zeros_like(band).scatter_(1, top, band.gather(1, top))  # (A, P)
     if fallback == "none" or p == 0:
         return band
-    inf = float("inf")
     if fallback == "nearest":
-        s1, j1 = torch.where(valid & closer, s, inf).min(1)  # (A,) nearest below the band
-        s2, j2 = torch.where(valid & ~inside, s, -inf).max(1)  # (A,) nearest above it
-        g1 = d_ap - torch.sqrt((2.0 - 2.0 * s1).clamp_min(0.0))  # (A,) its gap
-        g1 = torch.where(s1 < inf, g1, inf)  # (A,) inf where nothing lies below the band
-        g2 = torch.sqrt((2.0 - 2.0 * s2).clamp_min(0.0)) - d_ap - m  # (A,)
-        j = torch.where(g1 <= g2, j1, j2)[:, None]  # (A, 1)
+        below, above = valid & closer, valid & ~inside  # (A, P) outside the band, either side
+        v1, j1 = _shifted(s, below, -4.0).min(1, keepdim=True)  # (A, 1) least similar below
+        v2, j2 = _shifted(s, above, 4.0).max(1, keepdim=True)  # (A, 1) most similar above
+        s1, s2 = s.gather(1, j1), s.gather(1, j2)  # (A, 1) their cosines
+        inf = float("inf")
+        g1 = d_ap[:, None] - torch.sqrt((2.0 - 2.0 * s1).clamp_min(0.0))  # (A, 1) gap below
+        g2 = torch.sqrt((2.0 - 2.0 * s2).clamp_min(0.0)) - d_ap[:, None] - m  # (A, 1) above
+        g1 = torch.where(v1 < -2.0, g1, inf)  # (A, 1) inf where nothing lies below
+        g2 = torch.where(v2 > 2.0, g2, inf)  # (A, 1) inf where nothing lies above
+        j = torch.where(g1 <= g2, j1, j2)  # (A, 1)
     else:  # hardest: the most similar valid candidate
-        j = torch.where(valid, s, -inf).argmax(dim=1, keepdim=True)  # (A, 1)
-    empty = ~band.any(dim=1, keepdim=True)  # (A, 1)
+        j = _shifted(s, valid, 4.0).argmax(dim=1, keepdim=True)  # (A, 1)
+    # a bool row "any" through uint8 max: 60x faster than Tensor.any(1) on this CPU
+    empty = band.view(torch.uint8).amax(1, keepdim=True) == 0  # (A, 1)
     fb = torch.zeros_like(band).scatter_(1, j, valid.gather(1, j) & empty)  # (A, P)
     return band | fb
+
+
+def _shifted(s: Tensor, mask: Tensor, shift: float) -> Tensor:
+    """(A, P) s + shift where ``mask`` holds, s elsewhere (float arithmetic, no select)."""
+    return torch.add(s, mask.to(s.dtype), alpha=shift)
 
 
 @register("semi-hard")
