@@ -7,6 +7,7 @@ there, meters accumulate there, and the host reads them back only every ``log_ev
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -24,11 +25,73 @@ from harness.evaluate import embed, evaluate
 from harness.metrics import NegativeMeter
 from harness.objectives import make_objective, objective_flops
 from harness.tracking import Tracker, run_tags
-from strategies import StepContext
+from strategies import Negatives, StepContext
+
+HARD_NEGATIVE_ID = -1  # dataset id of a supervised hard negative: not a training item
 
 
 class RunFailed(RuntimeError):
     """A run that could not finish (diverged, broke the strategy contract, ...)."""
+
+
+def with_hard_negatives(negs: Negatives, h: torch.Tensor) -> Negatives:
+    """``negs`` with one supervised hard negative per query anchor appended as an extra column.
+
+    ``h`` (B, D) holds the encoded hard negatives of the batch's B instances (the suite's
+    :meth:`~suites.Suite.hard_negative_view`, with gradients). The anchors whose positive is the
+    second view are the query views: all A = B anchors of an asymmetric strategy, the first B of
+    a symmetric one (A = 2B, anchors [q; k], :func:`strategies.in_batch.in_batch_negatives`'
+    layout). Row i (and i + B) gets h_i; for the key-view anchors (rows B..2B) it is masked out
+    (``extra_mask``), as in SimCSE, whose loss contrasts the contradiction with the premise only.
+
+    The column joins any extras the strategy returned (concatenated along S, masks padded):
+    materialised ones get ``h`` appended to ``extra``; virtual ones (``extra`` None) keep it None,
+    the column's similarity going into ``sim``, which also gains it whenever the strategy gave
+    ``sim``. Its weight is 1 where the strategy weights its candidates. Its id is
+    ``HARD_NEGATIVE_ID`` (-1: not a training item, so never an "own instance" nor a collision)
+    with no label source, so the false-negative meter counts it as a true negative: a
+    contradiction is not a paraphrase of its premise."""
+    a, b = negs.num_anchors, h.shape[0]
+    dev = h.device
+    if a == b:
+        rows, query = h, None  # every anchor is a query view
+    elif a == 2 * b:
+        rows = torch.cat([h, h])  # (A, D)
+        query = (torch.arange(a, device=dev) < b)[:, None]  # (A, 1)
+    else:
+        raise RunFailed(f"the strategy returned {a} anchors for a batch of {b}; a supervised "
+                        "hard negative needs A = B (the query views) or A = 2B (query views "
+                        "first)")
+    col_ids = torch.full((a, 1), HARD_NEGATIVE_ID, dtype=torch.long, device=dev)
+    col_mask = query if query is not None else torch.ones(a, 1, dtype=torch.bool, device=dev)
+    s = negs.num_extra
+    ch: dict = {}
+    if s == 0:
+        ch["extra"], ch["extra_ids"] = rows[:, None], col_ids  # (A, 1, D), (A, 1)
+        ch["extra_mask"] = query
+    else:
+        if negs.extra is not None:
+            ch["extra"] = torch.cat([negs.extra, rows[:, None]], dim=1)  # (A, S + 1, D)
+        ch["extra_ids"] = torch.cat([negs.extra_ids, col_ids], dim=1)  # (A, S + 1)
+        if negs.extra_mask is not None or query is not None:
+            old = negs.extra_mask
+            if old is None:
+                old = torch.ones(a, s, dtype=torch.bool, device=dev)
+            ch["extra_mask"] = torch.cat([old, col_mask], dim=1)  # (A, S + 1)
+        if negs.extra_weights is not None:
+            one = torch.ones(a, 1, dtype=negs.extra_weights.dtype, device=dev)
+            ch["extra_weights"] = torch.cat([negs.extra_weights, one], dim=1)
+        if negs.extra_sources is not None:
+            r = negs.extra_sources.shape[-1]
+            ch["extra_sources"] = torch.cat(  # (A, S + 1, R'): no label source
+                [negs.extra_sources, torch.full((a, 1, r), -1, dtype=torch.long, device=dev)], 1)
+            ch["extra_source_weights"] = torch.cat(
+                [negs.extra_source_weights,
+                 torch.zeros(a, 1, r, dtype=negs.extra_source_weights.dtype, device=dev)], 1)
+    if negs.sim is not None:
+        col = (negs.anchors * rows).sum(-1, keepdim=True)  # (A, 1)
+        ch["sim"] = torch.cat([negs.sim, col.to(negs.sim.dtype)], dim=1)  # (A, W + 1)
+    return dataclasses.replace(negs, **ch)
 
 
 @dataclass
@@ -147,6 +210,15 @@ class Trainer:
             temperature=self.cfg.objective.temperature,
         )
 
+    def _encode_together(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The encoder on each view with gradients: one call on their concatenation when their
+        shapes allow (one pass of the weights, one set of kernels), else one call each."""
+        if len(views) == 1:
+            return [self.encoder(views[0])]
+        if all(v.shape[1:] == views[0].shape[1:] for v in views):
+            return list(self.encoder(torch.cat(views)).split([v.shape[0] for v in views]))
+        return [self.encoder(v) for v in views]
+
     def _next_ids(self, b: int) -> torch.Tensor:
         if self._pos + b > self.n_train:  # new epoch; the tail is dropped so ids never repeat
             self._perm = torch.randperm(self.n_train, generator=self.gen, device=self.device)
@@ -161,23 +233,28 @@ class Trainer:
         before = cost.flops()
         with clock.phase("data"):
             ids = self._next_ids(b)
-            v1, v2 = self.suite.views(self.train_split.x[ids], self.gen)
+            x = self.train_split.x[ids]
+            v1, v2 = self.suite.views(x, self.gen)
+            vh = self.suite.hard_negative_view(x, self.gen)  # (B, ...) or None
         ctx = self.context(ids, self.budget.steps, self.budget.fraction, self.gen)
         self.lr = learning_rate(cfg.optim, self._fraction_after(b))
         for group in self.opt.param_groups:
             group["lr"] = self.lr
         with clock.phase("forward_backward"):
+            hard = [] if vh is None else [vh]  # a supervised hard negative: trained too
             if self.key_encoder is None:
-                q, k = self.encoder(torch.cat([v1, v2])).chunk(2)  # (B, D) each
-                cost.trained_samples += 2 * b
+                q, k, *h = self._encode_together([v1, v2, *hard])  # (B, D) each
+                cost.trained_samples += (2 + len(hard)) * b
             else:
-                q = self.encoder(v1)
+                q, *h = self._encode_together([v1, *hard])
                 with torch.no_grad():
                     k = self.key_encoder(v2)
-                cost.trained_samples += b
+                cost.trained_samples += (1 + len(hard)) * b
                 cost.nograd_encodes += b
         with clock.phase("mining"):
             negs = self.strategy.select(q, k, ctx)
+            if h:
+                negs = with_hard_negatives(negs, h[0])
         with clock.phase("forward_backward"):
             out = self.objective(negs)
             self.opt.zero_grad(set_to_none=True)

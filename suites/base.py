@@ -105,6 +105,13 @@ class Suite:
         """Two independent views of a stored batch: the positive pair."""
         return self.view(x, generator), self.view(x, generator)
 
+    def hard_negative_view(self, x: Tensor, generator: torch.Generator) -> Tensor | None:
+        """A view of each item's supervised hard negative (e.g. the contradiction of an NLI
+        premise), shaped like the first view, or None (the default: no supervised negatives).
+        The harness trains it with the two views and contrasts it with the anchors whose
+        positive is the second view (``harness/runner.py``: :func:`with_hard_negatives`)."""
+        return None
+
     def prepare(self, x: Tensor) -> Tensor:
         """A stored batch as encoder input, un-augmented (for evaluation)."""
         raise NotImplementedError
