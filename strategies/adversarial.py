@@ -128,6 +128,22 @@ class Adversarial(Strategy):
         self.register_buffer("velocity", torch.zeros(cfg.M, dim))  # (M, D)
         self.register_buffer("filled", torch.zeros((), dtype=torch.long))  # rows holding keys
         self._qn = None  # (q, q's version, (B, M) similarities) from the last mine()
+        # a host mirror of ``filled``: it depends only on how many keys update() has seen, so
+        # the steady state (every row filled) takes the short path with no device read
+        self._filled_host = 0
+        self._const: dict = {}  # per (B, dtype, device): the step's constant tensors
+
+    def _constants(self, b: int, q: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(pool_ids, mask, source_weights) for a batch of ``b``: the same every step."""
+        key = (b, q.dtype, q.device)
+        if key not in self._const:
+            m = self.cfg.M
+            self._const = {key: (
+                torch.full((m,), -1, dtype=torch.long, device=q.device),  # (M,)
+                torch.ones(b, m, dtype=torch.bool, device=q.device),  # (B, M)
+                torch.ones(m, 1, dtype=q.dtype, device=q.device),  # (M, 1)
+            )}
+        return self._const[key]
 
     @property
     def key_momentum(self) -> float | None:
@@ -135,8 +151,8 @@ class Adversarial(Strategy):
 
     def mine(self, q: Tensor, k: Tensor, ctx: StepContext) -> Negatives:
         pool = F.normalize(self.W.detach(), dim=1).to(q.dtype)  # (M, D)
-        m = pool.shape[0]
         b = q.shape[0]
+        pool_ids, mask, source_weights = self._constants(b, q)
         sim = q @ pool.T  # (B, M) the objective's similarities (negs.sim), with q's gradients
         sd = sim.detach()  # (B, M)
         nearest = sd.argmax(0)  # (M,) the query view closest to each negative
@@ -149,10 +165,10 @@ class Adversarial(Strategy):
             positives=k,
             anchor_ids=ctx.ids,
             pool=pool,
-            pool_ids=torch.full((m,), -1, dtype=torch.long, device=q.device),  # (M,)
-            mask=torch.ones(b, m, dtype=torch.bool, device=q.device),  # (B, M)
+            pool_ids=pool_ids,  # (M,) -1: learned, no dataset id
+            mask=mask,  # (B, M) all
             sources=ctx.ids[nearest][:, None],  # (M, 1)
-            source_weights=torch.ones(m, 1, dtype=q.dtype, device=q.device),  # (M, 1)
+            source_weights=source_weights,  # (M, 1)
         )
 
     @torch.no_grad()
@@ -164,20 +180,26 @@ class Adversarial(Strategy):
         m, d = w.shape
         b = k.shape[0]
         q, k = q.to(w.dtype), k.to(w.dtype)
-        row = torch.arange(m, device=w.device)  # (M,)
-        ascend = (row < self.filled)[:, None]  # (M, 1) rows that already hold data
-        fill = (~ascend) & (row < self.filled + b)[:, None]  # (M, 1) rows taking a key now
-        keys = F.normalize(k, dim=1)[(row - self.filled).clamp(0, b - 1)]  # (M, D)
+        full = self._filled_host >= m  # host: every row holds data, all of them ascend
         key, self._qn = self._qn, None
         qn = None  # the (B, M) similarities mine() computed, if this is the same q
         if (key is not None and key[0].data_ptr() == q.data_ptr() and key[0].shape == q.shape
                 and key[1] == q._version):
             qn = key[2].to(w.dtype)
         g = ascent_gradient(w, q, k, c.tau_neg, qn)  # (M, D)
-        self.velocity.mul_(c.mu).add_(g).mul_(ascend)  # (M, D), 0 on rows not yet ascending
-        stepped = F.normalize(w + c.lr_neg * self.velocity, dim=1)  # (M, D)
-        w.copy_(torch.where(ascend, stepped, torch.where(fill, keys, w)))  # (M, D)
+        if full:
+            self.velocity.mul_(c.mu).add_(g)  # (M, D)
+            w.copy_(F.normalize(w + c.lr_neg * self.velocity, dim=1))  # (M, D)
+        else:
+            row = torch.arange(m, device=w.device)  # (M,)
+            ascend = (row < self.filled)[:, None]  # (M, 1) rows that already hold data
+            fill = (~ascend) & (row < self.filled + b)[:, None]  # (M, 1) rows taking a key now
+            keys = F.normalize(k, dim=1)[(row - self.filled).clamp(0, b - 1)]  # (M, D)
+            self.velocity.mul_(c.mu).add_(g).mul_(ascend)  # (M, D), 0 on rows not ascending
+            stepped = F.normalize(w + c.lr_neg * self.velocity, dim=1)  # (M, D)
+            w.copy_(torch.where(ascend, stepped, torch.where(fill, keys, w)))  # (M, D)
         self.filled.add_(b).clamp_(max=m)
+        self._filled_host = min(self._filled_host + b, m)
         # the (M, D) product, and the (B, M) logits when mine()'s could not be reused
         ctx.charge_mining(b * m * d * (1 if qn is not None else 2))
         ctx.charge_adversary(m * d)
