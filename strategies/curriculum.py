@@ -267,9 +267,9 @@ class Curriculum(Strategy):
         self.last_fraction = float(ctx.fraction)
         p = self.position(ctx.fraction)
         negs = in_batch_negatives(q, k, ctx.ids)
-        a, n, d = negs.num_anchors, negs.pool_size, q.shape[1]
-        ctx.charge_mining(a * n * d)
-        # one product serves the window, the weights and, with its gradients, the objective
+        n = negs.pool_size
+        # one product serves the window, the weights and, with its gradients, the objective;
+        # the objective's FLOPs count it, so it is not charged as mining
         negs.sim = negs.anchors @ negs.pool.T  # (A, P)
         with torch.no_grad():
             sim = negs.sim.detach()  # (A, P)
