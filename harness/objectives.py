@@ -65,16 +65,27 @@ class _ShiftedNCE(torch.autograd.Function):
         N_g = S, or with tau+ > 0: max((S - tau+ n e_p) / (1 - tau+), n exp(-2c))
         loss = log(e_p + N_g) - c (s_p - 1)
 
+    With a tilt t (HCL's beta / tau), w is the mask times the importance weights
+    n e^{t s} / sum e^{t s}: then S = n sum(e T) / sum(T), T = exp(t (s - 1)) on the selected, and
+    no weight tensor is formed or differentiated apart.
+
     Backward is written out: the gradient of the (A, W) similarities is one pass over the saved
-    e w (and one more over e for weights that carry gradients), where autograd through the plain
-    expression spends about four passes forward and six backward on mul/div/exp nodes: on 2 CPU
-    cores that was 60% of the objective's time beside the matmuls."""
+    e w (two with a differentiated tilt: dS/ds_j = c (e w)_j + t ((e w)_j - S w_j / n)), where
+    autograd through the plain expression spends about four passes forward and six backward on
+    mul/div/exp nodes: on 2 CPU cores that was 60% of the objective's time beside the matmuls."""
 
     @staticmethod
     def forward(ctx, sim: Tensor, pos: Tensor, w: Tensor, n: Tensor | None, c: float,
-                tp: float) -> Tensor:
+                tp: float, t: float, t_grad: bool) -> Tensor:
         e = torch.exp(torch.add(sim, -1.0).mul_(c))  # (A, W)
-        ew = e * w  # (A, W)
+        wt = None
+        if t:
+            tw = torch.exp(torch.add(sim, -1.0).mul_(t)).mul_(w)  # (A, W) e^{t (s - 1)}, masked
+            tot = tw.sum(1).clamp_min(torch.finfo(sim.dtype).tiny)  # (A,) 0 n: 0 weights
+            wt = tw.mul_((n / tot).unsqueeze(1))  # (A, W) the tilt weights, mean 1
+            ew = e * wt  # (A, W)
+        else:
+            ew = e * w  # (A, W)
         big_s = ew.sum(1)  # (A,)
         e_pos = torch.exp((pos - 1.0) * c)  # (A,)
         if tp == 0.0:
@@ -85,15 +96,15 @@ class _ShiftedNCE(torch.autograd.Function):
             active = raw > low  # (A,) where the estimator is not clamped
             ng = torch.where(active, raw, low)  # (A,)
         denom = e_pos + ng  # (A,)
-        ctx.c, ctx.tp = c, tp
+        ctx.c, ctx.tp, ctx.t = c, tp, (t if t_grad else 0.0)
         ctx.save_for_backward(e if ctx.needs_input_grad[2] else None, ew, e_pos, denom, n,
-                              active)
+                              active, wt if (t and t_grad) else None, big_s)
         return torch.log(denom) - (pos - 1.0) * c  # (A,)
 
     @staticmethod
     def backward(ctx, g: Tensor):
-        e, ew, e_pos, denom, n, active = ctx.saved_tensors
-        c, tp = ctx.c, ctx.tp
+        e, ew, e_pos, denom, n, active, wt, big_s = ctx.saved_tensors
+        c, tp, t = ctx.c, ctx.tp, ctx.t
         r = g / denom  # (A,) d loss / d N_g and d loss / d e_p (direct)
         if tp == 0.0:
             d_s, d_ep = r, r  # (A,)
@@ -101,10 +112,16 @@ class _ShiftedNCE(torch.autograd.Function):
             a = active.to(r.dtype)  # (A,)
             d_s = r * a / (1.0 - tp)  # (A,)
             d_ep = r - r * a * tp * n / (1.0 - tp)  # (A,)
-        d_sim = ew * (d_s * c)[:, None] if ctx.needs_input_grad[0] else None  # (A, W)
+        d_sim = None
+        if ctx.needs_input_grad[0]:
+            if wt is None:
+                d_sim = ew * (d_s * c)[:, None]  # (A, W)
+            else:  # through the tilt weights too
+                coef = (d_s * big_s / n.clamp_min(1.0) * t)[:, None]  # (A, 1)
+                d_sim = ew * (d_s * (c + t))[:, None] - wt * coef  # (A, W)
         d_pos = d_ep * e_pos * c - g * c  # (A,)
         d_w = e * d_s[:, None] if ctx.needs_input_grad[2] else None  # (A, W)
-        return d_sim, d_pos, d_w, None, None, None
+        return d_sim, d_pos, d_w, None, None, None, None, None
 
 
 def info_nce(negs: Negatives, temperature: float) -> ObjectiveOut:
@@ -113,19 +130,24 @@ def info_nce(negs: Negatives, temperature: float) -> ObjectiveOut:
     sim = negs.similarity()  # (A, W)
     sel = negs.selected()  # (A, W)
     pos = (a * p).sum(-1)  # (A,)
+    plain = negs._plain_weights()
+    t, tp = negs.tilt, negs.tau_plus
+    if 2.0 * (1.0 / tau + t) <= 80.0 and not (t and plain is not None):
+        w = sel.to(sim.dtype) if plain is None else sel * plain.to(sim.dtype)  # (A, W)
+        # (A,) negatives per anchor; a bool row sum straight into a float is ~6x faster than
+        # into int64
+        n = sel.sum(1, dtype=sim.dtype) if (tp or t) else None
+        loss = _ShiftedNCE.apply(sim, pos, w, n, 1.0 / tau, tp, t, negs.tilt_grad)  # (A,)
+        return ObjectiveOut(loss=loss.mean(), sim=sim.detach())
+    # A small tau (or a steep tilt): weights formed explicitly, a shift by the largest *used*
+    # logit and a clamp to [-80, 80]: a used candidate more than 80 below it counts e^-80
+    # (< 2e-35 of the row's largest term) instead of less, an unused one above it stays finite
+    # until its weight 0 zeroes it, and used ones lie strictly inside the clamp, so their
+    # gradient passes. NOTE: no -inf fill: exp(-inf), and exp of anything that underflows, is
+    # several times slower than exp of a normal number on CPUs.
     weights = negs.candidate_weights()
     w = sel.to(sim.dtype) if weights is None else sel * weights.to(sim.dtype)  # (A, W)
-    tp = negs.tau_plus
-    # (A,) negatives per anchor; a bool row sum straight into a float is ~6x faster than into int64
     n = sel.sum(1, dtype=sim.dtype) if tp else None
-    if 2.0 / tau <= 80.0:
-        loss = _ShiftedNCE.apply(sim, pos, w, n, 1.0 / tau, tp)  # (A,)
-        return ObjectiveOut(loss=loss.mean(), sim=sim.detach())
-    # A small tau: shift by the largest *used* logit and clamp to [-80, 80]: a used candidate
-    # more than 80 below it counts e^-80 (< 2e-35 of the row's largest term) instead of less, an
-    # unused one above it stays finite until its weight 0 zeroes it, and used ones lie strictly
-    # inside the clamp, so their gradient passes. NOTE: no -inf fill: exp(-inf), and exp of
-    # anything that underflows, is several times slower than exp of a normal number on CPUs.
     pos_l = pos / tau  # (A,)
     neg_l = sim / tau  # (A, W)
     m = torch.maximum(pos_l, torch.where(sel, neg_l, float("-inf")).amax(1)).detach()

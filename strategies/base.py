@@ -14,6 +14,7 @@ weights finite and non-negative) accumulated on the device so that they cost no 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -90,6 +91,11 @@ class Negatives:
       them instead of multiplying the embeddings again. The strategy answers for them equalling
       ``anchors`` against each candidate (the tests compare them with a recomputation). The
       objective's FLOPs count that product, so the strategy does not charge it as mining.
+    - ``tilt`` (a host float t), optional: importance weights e^{t s} over each anchor's
+      selected candidates, normalised to mean 1 (HCL's q_beta, t = beta / tau), on top of
+      ``weights``. The objective applies them natively (no (A, W) weight tensor, one backward
+      pass); ``tilt_grad`` says whether the loss is differentiated through them (HCL's code is).
+      :meth:`candidate_weights` includes them, for the meters and the triplet objective.
     - ``tau_plus``: the class prior of the debiased estimator (Chuang et al. 2020); 0 = none.
     - ``batch_views``: the number of leading pool rows that are this step's own views. Any
       other pool entry holding the anchor's instance (a queue can) is an instance collision;
@@ -115,6 +121,8 @@ class Negatives:
     tau_plus: float = 0.0
     batch_views: int = 0
     sim: Tensor | None = None
+    tilt: float = 0.0
+    tilt_grad: bool = True
 
     @property
     def num_anchors(self) -> int:
@@ -170,6 +178,19 @@ class Negatives:
 
     def candidate_weights(self) -> Tensor | None:
         """(A, W) weights, or None when no candidate is weighted."""
+        if self.tilt:
+            sim = self.similarity()
+            if not self.tilt_grad:
+                sim = sim.detach()
+            w = self._plain_weights()
+            sel = self.selected()
+            if w is not None:
+                sel = sel & (w > 0)
+            t = tilt_weights(sim, sel, self.tilt)  # (A, W)
+            return t if w is None else t * w.to(t.dtype)
+        return self._plain_weights()
+
+    def _plain_weights(self) -> Tensor | None:
         if self.weights is None and self.extra_weights is None:
             return None
         w = self.weights
@@ -260,6 +281,48 @@ class StepContext:
     charge_mining: Callable[[int], None] = lambda macs: None
     charge_adversary: Callable[[int], None] = lambda n: None
     temperature: float = 0.2  # the objective's tau, for strategies whose weights use it (HCL)
+
+
+# --------------------------------------------------------------------------- tilted weights
+class _TiltWeights(torch.autograd.Function):
+    """w = n e / sum(e), e = exp(t (s - 1)) on the selected entries (0 elsewhere), with the
+    backward written out: for a selected entry j, dw_i/ds_j = t w_i (delta_ij - w_j / n), so
+    dL/ds = t w (g - sum(g w) / n): two passes over (A, P) where autograd through the plain
+    expression takes six."""
+
+    @staticmethod
+    def forward(ctx, sim: Tensor, sel: Tensor, t: float, n: Tensor) -> Tensor:
+        e = torch.exp(torch.add(sim, -1.0).mul_(t)).mul_(sel)  # (A, P) 0 where not selected
+        w = e.mul_(n / e.sum(1, keepdim=True).clamp_min(torch.finfo(sim.dtype).tiny))  # (A, P)
+        ctx.t = t
+        ctx.save_for_backward(w, n)
+        return w
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        w, n = ctx.saved_tensors
+        gw = g * w  # (A, P)
+        c = gw.sum(1, keepdim=True) / n.clamp_min(1.0)  # (A, 1)
+        return (gw - w * c).mul_(ctx.t), None, None, None
+
+
+def tilt_weights(sim: Tensor, sel: Tensor, t: float) -> Tensor:
+    """(A, P) w = e^{t s}, normalised to mean 1 over each row's selected entries, 0 elsewhere.
+
+    Cosines lie in [-1, 1], so e^{t (s - 1)} never overflows, and while 2 t <= 80 it never
+    underflows either: that constant shift costs one pass fewer than a per-row one. A larger t
+    shifts each row by its largest selected exponent instead. NOTE: no -inf fill and no
+    logsumexp: exp(-inf) is several times slower than exp of a normal number on CPUs."""
+    n = sel.sum(1, keepdim=True, dtype=sim.dtype)  # (A, 1) negatives per anchor
+    tiny = torch.finfo(sim.dtype).tiny
+    if 2.0 * t <= 80.0:
+        return _TiltWeights.apply(sim, sel, t, n)  # (A, P)
+    x = sim * t  # (A, P)
+    m = torch.where(sel, x, float("-inf")).amax(1, keepdim=True)  # (A, 1) largest selected
+    m = torch.nan_to_num(m, neginf=0.0).detach()  # rows without negatives
+    # selected weights stay > 0 (an underflow counts as the smallest normal number)
+    e = torch.exp(torch.where(sel, x - m, 0.0)).clamp_min(tiny) * sel  # (A, P)
+    return e * (n / e.sum(1, keepdim=True).clamp_min(tiny))  # (A, P)
 
 
 # --------------------------------------------------------------------------- shared state
@@ -429,6 +492,9 @@ class Strategy(nn.Module):
         bad = torch.count_nonzero(negs.selected() & negs.own_instance())
         if negs.index is not None:
             bad = bad + torch.count_nonzero((negs.index < 0) | (negs.index >= negs.pool_size))
+        if not math.isfinite(negs.tilt) or negs.tilt < 0:
+            raise StrategyError(f"{self.name}: tilt must be a finite number >= 0, "
+                                f"got {negs.tilt}")
         for w in (negs.weights, negs.extra_weights, negs.source_weights,
                   negs.extra_source_weights):
             if w is not None:

@@ -30,10 +30,10 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar
 
-import torch
 from torch import Tensor
 
 from strategies import Float, Negatives, StepContext, Strategy, StrategyError, register
+from strategies.base import tilt_weights
 from strategies.in_batch import in_batch_negatives
 
 
@@ -52,49 +52,10 @@ class HCLConfig:
             raise StrategyError(f"hcl: tau_plus must lie in [0, 1), got {self.tau_plus}")
 
 
-class _Weights(torch.autograd.Function):
-    """w = n e / sum(e), e = exp(k (s - 1)) on the selected entries (0 elsewhere), with the
-    backward written out: for a selected entry j, dw_i/ds_j = k w_i (delta_ij - w_j / n), so
-    dL/ds = k w (g - sum(g w) / n): two passes over (A, P) where autograd through the plain
-    expression takes six (on 2 CPU cores that was most of hcl's time above in-batch's)."""
-
-    @staticmethod
-    def forward(ctx, sim: Tensor, sel: Tensor, k: float, n: Tensor) -> Tensor:
-        e = torch.exp(torch.add(sim, -1.0).mul_(k)).mul_(sel)  # (A, P) 0 where not selected
-        w = e.mul_(n / e.sum(1, keepdim=True).clamp_min(torch.finfo(sim.dtype).tiny))  # (A, P)
-        ctx.k = k
-        ctx.save_for_backward(w, n)
-        return w
-
-    @staticmethod
-    def backward(ctx, g: Tensor):
-        w, n = ctx.saved_tensors
-        gw = g * w  # (A, P)
-        c = gw.sum(1, keepdim=True) / n.clamp_min(1.0)  # (A, 1)
-        return (gw - w * c).mul_(ctx.k), None, None, None
-
-
 def importance_weights(sim: Tensor, sel: Tensor, beta: float, tau: float) -> Tensor:
     """(A, P) w = e^{beta s / tau}, normalised to mean 1 over each row's selected entries, 0
-    elsewhere.
-
-    Cosines lie in [-1, 1], so e^{beta (s - 1) / tau} never overflows, and while 2 beta / tau <=
-    80 it never underflows either: that constant shift costs one pass fewer than a per-row one.
-    A larger beta / tau shifts each row by its largest selected exponent instead. NOTE: no -inf
-    fill and no logsumexp: exp(-inf) is several times slower than exp of a normal number on
-    CPUs (the same reason as the objective's)."""
-    k = beta / tau
-    n = sel.sum(1, keepdim=True, dtype=sim.dtype)  # (A, 1) negatives per anchor
-    tiny = torch.finfo(sim.dtype).tiny
-    if 2.0 * k <= 80.0:
-        return _Weights.apply(sim, sel, k, n)  # (A, P)
-    else:
-        x = sim * k  # (A, P) beta s / tau
-        m = torch.where(sel, x, float("-inf")).amax(1, keepdim=True)  # (A, 1) largest selected
-        m = torch.nan_to_num(m, neginf=0.0).detach()  # rows without negatives
-        # selected weights stay > 0 (an underflow counts as the smallest normal number)
-        e = torch.exp(torch.where(sel, x - m, 0.0)).clamp_min(tiny) * sel  # (A, P)
-    return e * (n / e.sum(1, keepdim=True).clamp_min(tiny))  # (A, P)
+    elsewhere (:func:`strategies.base.tilt_weights` with t = beta / tau)."""
+    return tilt_weights(sim, sel, beta / tau)
 
 
 @register("hcl")
@@ -109,6 +70,7 @@ class HCL(Strategy):
         # one product, with its gradients, serves the weights and the objective (negs.sim); the
         # objective's FLOPs count it, so it is not charged as mining
         sim = negs.anchors @ negs.pool.T  # (A, P) cosine similarities
-        ws = sim.detach() if self.cfg.detach_weights else sim
-        w = importance_weights(ws, negs.mask, self.cfg.beta, ctx.temperature)  # (A, P)
-        return dataclasses.replace(negs, weights=w, tau_plus=self.cfg.tau_plus, sim=sim)
+        # the weights as a tilt the objective applies itself: no (A, P) weight tensor
+        return dataclasses.replace(negs, tilt=self.cfg.beta / ctx.temperature,
+                                   tilt_grad=not self.cfg.detach_weights,
+                                   tau_plus=self.cfg.tau_plus, sim=sim)

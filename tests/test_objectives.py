@@ -178,3 +178,34 @@ def test_small_temperature_stays_finite_and_exact():
     got = info_nce(negs, 0.01).loss.item()
     assert math.isfinite(got)
     assert got == pytest.approx(_loop_info_nce(negs, 0.01), rel=1e-9)
+
+
+@pytest.mark.parametrize("tilt_grad", [True, False])
+@pytest.mark.parametrize("tau_plus", [0.0, 0.1])
+def test_a_tilt_equals_its_explicit_importance_weights(tilt_grad, tau_plus):
+    """The objective's native tilt (HCL's q_beta) against the same weights formed explicitly
+    (``candidate_weights``) and fed through the generic weighted path: same loss, same gradient
+    for anchors, positives and pool, an anchor without negatives included."""
+    from dataclasses import replace
+
+    base = _negs(a=7, p=10, tau_plus=tau_plus, seed=5)
+    base.mask[3] = False  # an anchor with no negative at all
+    leaves = [t.detach().clone().requires_grad_(True)
+              for t in (base.anchors, base.positives, base.pool)]
+    tilted = replace(base, anchors=leaves[0], positives=leaves[1], pool=leaves[2], tilt=4.0,
+                     tilt_grad=tilt_grad)
+    loss = info_nce(tilted, 0.3).loss
+    grads = torch.autograd.grad(loss, leaves)
+
+    ref_leaves = [t.detach().clone().requires_grad_(True) for t in leaves]
+    ref = replace(base, anchors=ref_leaves[0], positives=ref_leaves[1], pool=ref_leaves[2],
+                  tilt=4.0, tilt_grad=tilt_grad)
+    explicit = replace(ref, weights=ref.candidate_weights(), tilt=0.0)
+    assert explicit.weights.requires_grad == tilt_grad
+    ref_loss = info_nce(explicit, 0.3).loss
+    ref_grads = torch.autograd.grad(ref_loss, ref_leaves)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-12, atol=1e-12)
+    for g, r in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-12)
+    # the tilt changes the loss: it is not ignored
+    assert not torch.isclose(loss, info_nce(replace(base, tilt=0.0), 0.3).loss)
