@@ -74,6 +74,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated strategy names (default: all registered)")
     _add_run_args(p, single=False)
 
+    p = sub.add_parser("ablate", help="run an ablation spec (suites x strategies x seeds)",
+                       description="Run every cell of an ablation spec (a TOML file: suites x "
+                                   "strategies x seeds under one budget; see the README) exactly "
+                                   "once. Cells already completed in the tracking store are "
+                                   "skipped, so a killed ablation resumes when run again; a "
+                                   "failing cell is recorded with its reason and the others go "
+                                   "on. Ends with a comparison table per suite and an audit of "
+                                   "every run's spent budget.")
+    p.add_argument("spec", help="the spec file (e.g. specs/demo.toml)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="local worker processes, each with its share of the CPU threads or one "
+                        "GPU each (default 1)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="show the grid and what is already done, run nothing")
+    p.add_argument("--data-dir", default=None, help="where suites look for their data first")
+    p.add_argument("--tracking-uri", default=None,
+                   help="mlflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
+                        "sqlite:///negbench-runs/mlflow.db)")
+    p.add_argument("--no-progress", action="store_true", help="no live view")
+    p.add_argument("--shard", default=None, help=argparse.SUPPRESS)  # i/n: a local worker
+    p.add_argument("--events", action="store_true", help=argparse.SUPPRESS)
+
     sub.add_parser("strategies", help="list the registered strategies",
                    description="List every registered strategy with its paper and knobs.")
     p = sub.add_parser("suites", help="list the suites and whether their data is present",
@@ -278,7 +300,133 @@ class _UserError(ValueError):
     pass
 
 
-COMMANDS = {"run": cmd_run, "demo": cmd_demo, "strategies": cmd_strategies, "suites": cmd_suites}
+def cmd_ablate(args) -> int:
+    import os
+    import statistics
+
+    from rich.table import Table
+
+    from harness import ablate as A
+    from harness.spec import load_spec
+    from harness.tracking import resolve_uri
+
+    spec = load_spec(args.spec)
+    cells = spec.cells()
+    if args.workers < 1:
+        raise _UserError("--workers must be >= 1")
+    if args.shard is not None:  # a local worker: its share, events as JSON lines on stdout
+        i, n = (int(x) for x in args.shard.split("/"))
+        if os.environ.get("NEGBENCH_THREADS"):
+            import torch
+
+            torch.set_num_threads(int(os.environ["NEGBENCH_THREADS"]))
+
+        def event(kind, cell, info):
+            print(json.dumps({"event": kind, "cell": cell.label, **info}), flush=True)
+
+        A.run_cells(spec, A.shard(cells, i, n), tracking_uri=args.tracking_uri,
+                    data_dir=args.data_dir, on_event=event)
+        return 0
+    console = _console()
+    done = A.completed(args.tracking_uri, spec.name)
+    if args.dry_run:
+        t = Table(title=f"{spec.name}: {len(cells)} cells ({len(spec.suites)} suites x "
+                        f"{len(spec.strategies)} strategies x {len(spec.seeds)} seeds)")
+        for c in ("suite", "strategy", "seed", "budget", "cell", "status"):
+            t.add_column(c)
+        for c in cells:
+            b = c.config.budget
+            t.add_row(c.config.suite, c.config.strategy, str(c.config.seed),
+                      f"{b.kind}={b.amount:g}", c.key, "done" if c.key in done else "to run")
+        _console(stderr=False).print(t)
+        left = sum(c.key not in done for c in cells)
+        _console(stderr=False).print(f"{len(cells) - left} done, {left} to run; runs go to "
+                                     f"experiment {spec.name!r} at "
+                                     f"{resolve_uri(args.tracking_uri)}")
+        return 0
+    stale = A.close_stale(args.tracking_uri, spec.name)
+    if stale:
+        console.print(f"marked {stale} run(s) left RUNNING by a killed ablation as KILLED")
+    failures: dict[str, str] = {}
+    todo = sum(c.key not in done for c in cells)
+    with _progress(console, args.no_progress) as progress:
+        overall = progress.add_task(f"{spec.name}: {todo} of {len(cells)} cells to run",
+                                    total=len(cells), completed=len(cells) - todo, stats="")
+        rows = {w: progress.add_task(f"worker {w}: idle", total=100, stats="")
+                for w in range(args.workers)}
+
+        def on_event(w: int, ev: dict) -> None:
+            kind, label = ev["event"], ev["cell"]
+            if kind == "start":
+                progress.update(rows[w], description=f"worker {w}: {label}", completed=0,
+                                stats="")
+            elif kind == "progress":
+                progress.update(rows[w], completed=100 * ev["fraction"],
+                                stats=f"loss {ev['loss']:.3f}")
+            elif kind in ("done", "failed"):
+                progress.advance(overall)
+                progress.update(rows[w], completed=100,
+                                stats="done" if kind == "done" else "[red]failed[/red]")
+                if kind == "failed":
+                    failures[label] = ev["reason"]
+
+        if args.workers == 1:
+            A.run_cells(spec, cells, tracking_uri=args.tracking_uri, data_dir=args.data_dir,
+                        on_event=lambda kind, cell, info: on_event(
+                            0, {"event": kind, "cell": cell.label, **info}))
+        else:
+            codes = A.spawn_workers(args.spec, args.workers, args.tracking_uri, args.data_dir,
+                                    on_event)
+            for w, code in enumerate(codes):
+                if code != 0:
+                    failures[f"worker {w}"] = f"exited with status {code}"
+    done = A.completed(args.tracking_uri, spec.name)
+    out = _console(stderr=False)
+    cols = [("knn_acc", "kNN acc"), ("linear_acc", "linear acc"), ("retrieval_r1", "R@1"),
+            ("retrieval_mrr", "MRR"), ("fnr", "FNR"), ("hardness", "hardness"),
+            ("wall_seconds", "wall s")]
+    for suite in spec.suites:
+        per = {}
+        for c in cells:
+            if c.config.suite == suite and c.key in done:
+                per.setdefault(c.config.strategy, []).append(done[c.key].data.metrics)
+        if not per:
+            continue
+        shown = [(k, t) for k, t in cols if any(k in m for ms in per.values() for m in ms)]
+        t = Table(title=f"{spec.name} / {suite}: {len(spec.seeds)} seed(s), mean ± std")
+        t.add_column("strategy")
+        for _, title in shown:
+            t.add_column(title, justify="right")
+        order = sorted(per, key=lambda n: -statistics.mean(m.get("knn_acc", 0) for m in per[n]))
+        for n in order:
+            row = []
+            for k, _ in shown:
+                vals = [m[k] for m in per[n] if k in m]
+                if not vals:
+                    row.append("-")
+                    continue
+                sd = f" ± {statistics.stdev(vals):.3f}" if len(vals) > 1 else ""
+                row.append(format_value(statistics.mean(vals)) + sd)
+            t.add_row(n, *row)
+        out.print(t)
+    missing = [c.label for c in cells if c.key not in done]
+    for label, why in failures.items():
+        out.print(f"[red]failed[/red] {label}: {why}", highlight=False)
+    issues = A.audit(spec, args.tracking_uri)
+    if issues:
+        out.print("[red]budget audit: runs whose spend differs[/red]")
+        for line in issues:
+            out.print(f"  {line}", highlight=False)
+    else:
+        out.print(f"budget audit: all {len(cells) - len(missing)} completed runs spent exactly "
+                  "their cell's budget, the same within each suite")
+    out.print(f"{len(cells) - len(missing)} of {len(cells)} cells completed; runs in experiment "
+              f"{spec.name!r} at {resolve_uri(args.tracking_uri)}")
+    return EXIT_FAILED if missing else 0
+
+
+COMMANDS = {"run": cmd_run, "demo": cmd_demo, "ablate": cmd_ablate, "strategies": cmd_strategies,
+            "suites": cmd_suites}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -286,13 +434,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from harness.config import ConfigError
     from harness.runner import RunFailed
+    from harness.spec import SpecError
     from strategies import StrategyError
     from strategies.registry import RegistryError
     from suites import SuiteError
 
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, RegistryError, SuiteError, StrategyError, _UserError) as e:
+    except (ConfigError, RegistryError, SuiteError, StrategyError, SpecError, _UserError) as e:
         sys.stderr.write(f"negbench {args.command}: error: {e}\n")
         return EXIT_USAGE
     except RunFailed as e:

@@ -47,7 +47,8 @@ def with_hard_negatives(negs: Negatives, h: torch.Tensor) -> Negatives:
     The column joins any extras the strategy returned (concatenated along S, masks padded):
     materialised ones get ``h`` appended to ``extra``; virtual ones (``extra`` None) keep it None,
     the column's similarity going into ``sim``, which also gains it whenever the strategy gave
-    ``sim``. Its weight is 1 where the strategy weights its candidates. Its id is
+    ``sim``. Its weight is 1 where the strategy weights its candidates, and a strategy's tilt
+    (hcl's importance weights) weighs it like any other selected candidate. Its id is
     ``HARD_NEGATIVE_ID`` (-1: not a training item, so never an "own instance" nor a collision)
     with no label source, so the false-negative meter counts it as a true negative: a
     contradiction is not a paraphrase of its premise."""

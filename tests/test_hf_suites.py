@@ -600,7 +600,10 @@ def test_every_strategy_gets_the_hard_negative_column(name):
         assert (merged.candidate_ids()[..., -1] == HARD_NEGATIVE_ID).all()
         assert not merged.own_instance()[:, -1].any()
         w, w0 = merged.candidate_weights(), negs.candidate_weights()
-        if w0 is not None:
+        if merged.tilt:  # a tilt (hcl) weighs the hard negative too: mean 1 over each row
+            sel_f = sel.to(w.dtype)
+            torch.testing.assert_close((w * sel_f).sum(1), sel_f.sum(1))
+        elif w0 is not None:
             torch.testing.assert_close(w[:, :-1], w0)
             assert (w[:, -1] == 1).all()
         # one class for everything: every real candidate is a false negative, the

@@ -1,0 +1,222 @@
+"""Ablation specs: a TOML file naming suites x strategies x seeds under one budget, expanded into
+cells, each a fully resolved :class:`~harness.config.RunConfig` with a stable identity.
+
+Format (every key but ``suites`` and ``strategies`` optional)::
+
+    name = "demo"                    # the mlflow experiment; default: the file's stem
+    suites = ["digits", "bbc-news"]
+    strategies = "all"               # or a list of registered names
+    seeds = 3                        # a count (seeds 0..2) or a list of seeds
+    budget = "samples=60000"         # one budget for every cell; default: each suite's own
+
+    [objective]                      # the objective of every cell (objective.* keys)
+    temperature = 0.2
+
+    [overrides]                      # dotted run keys for every cell, as `--set` takes them
+    "optim.lr" = 0.002
+
+    [strategy.memory-bank]           # that strategy's own config keys, and dotted run keys
+    K = 1024                         # for its cells only (as `--set`)
+    "optim.lr" = 0.001
+
+    [suite.bbc-news]                 # per suite: its budget, and dotted keys as `--set`
+    budget = "samples=20000"
+    "suite.vocab_size" = 8000
+
+Every error names the file, the key and what is allowed; unknown keys are errors. A cell's
+identity is a hash of its resolved config (suite, strategy, seed, budget, every knob), so a cell
+is the same cell whichever spec file or order produced it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import strategies
+import suites
+from harness.config import ConfigError, RunConfig, build_config, parse_budget
+
+TOP_KEYS = ("name", "suites", "strategies", "seeds", "budget", "objective", "overrides",
+            "strategy", "suite")
+OBJECTIVE_KEYS = ("name", "temperature", "margin")
+
+
+class SpecError(ValueError):
+    """A spec file is invalid; the message names the file, the key and what is allowed."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of an ablation: a resolved config and its identity."""
+
+    config: RunConfig
+    key: str  # hash of the resolved config
+
+    @property
+    def label(self) -> str:
+        c = self.config
+        return f"{c.suite}/{c.strategy}/seed {c.seed}"
+
+
+@dataclass(frozen=True)
+class Spec:
+    path: str
+    name: str
+    suites: tuple[str, ...]
+    strategies: tuple[str, ...]
+    seeds: tuple[int, ...]
+    budget: str | None
+    objective: dict[str, Any]
+    overrides: dict[str, Any]
+    per_strategy: dict[str, dict[str, Any]]
+    per_suite: dict[str, dict[str, Any]]
+
+    def cells(self) -> list[Cell]:
+        """The grid, suites x strategies x seeds, in that order (so a suite's cells run
+        together)."""
+        out = []
+        for su in self.suites:
+            for st in self.strategies:
+                for seed in self.seeds:
+                    out.append(self._cell(su, st, seed))
+        return out
+
+    def _cell(self, suite: str, strategy: str, seed: int) -> Cell:
+        sets: dict[str, str] = {}
+        sets.update({f"objective.{k}": _text(v) for k, v in self.objective.items()})
+        sets.update({k: _text(v) for k, v in self.overrides.items()})
+        su = dict(self.per_suite.get(suite, {}))
+        budget = su.pop("budget", None) or self.budget
+        sets.update({k: _text(v) for k, v in su.items()})
+        for k, v in self.per_strategy.get(strategy, {}).items():  # dotted keys: run settings
+            sets[k if "." in k else f"strategy.{k}"] = _text(v)
+        where = f"{self.path}: cell {suite}/{strategy}/seed {seed}"
+        try:
+            cfg = build_config(suite, strategy, seed=seed,
+                               budget=parse_budget(budget) if budget else None, sets=sets)
+        except ConfigError as e:
+            raise SpecError(f"{where}: {e}") from None
+        return Cell(cfg, cell_key(cfg))
+
+
+def cell_key(cfg: RunConfig) -> str:
+    """A stable hash of a resolved run config (16 hex digits)."""
+    blob = json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _text(v: Any) -> str:
+    """A TOML value as the text ``--set`` takes."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+def _names(value: Any, key: str, allowed: list[str], path: str) -> tuple[str, ...]:
+    if value == "all":
+        return tuple(allowed)
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise SpecError(f"{path}: {key} must be \"all\" or a non-empty list of names; allowed: "
+                        f"{', '.join(allowed)}")
+    for v in value:
+        if v not in allowed:
+            raise SpecError(f"{path}: {key}: unknown name {v!r}; allowed: {', '.join(allowed)}")
+    if len(set(value)) != len(value):
+        raise SpecError(f"{path}: {key} lists a name twice")
+    return tuple(value)
+
+
+def _table(value: Any, key: str, path: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise SpecError(f"{path}: {key} must be a table ([{key}] ...)")
+    for k, v in value.items():
+        if isinstance(v, dict | list):
+            raise SpecError(f"{path}: {key}.{k} must be a single value (a number, string or "
+                            "boolean)")
+    return value
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read and validate a spec file; every cell is resolved once, so a bad override fails
+    here, before anything runs."""
+    p = Path(path)
+    where = str(path)
+    try:
+        raw = tomllib.loads(p.read_text())
+    except FileNotFoundError:
+        raise SpecError(f"{where}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpecError(f"{where}: cannot read it ({type(e).__name__})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise SpecError(f"{where}: not valid TOML ({e})") from None
+    for k in raw:
+        if k not in TOP_KEYS:
+            raise SpecError(f"{where}: unknown key {k!r}; allowed: {', '.join(TOP_KEYS)}")
+    for k in ("suites", "strategies"):
+        if k not in raw:
+            raise SpecError(f"{where}: missing key {k!r} (a list of names, or \"all\")")
+    name = raw.get("name", p.stem)
+    if not isinstance(name, str) or not name.strip():
+        raise SpecError(f"{where}: name must be a non-empty string")
+    su = _names(raw["suites"], "suites", suites.names(), where)
+    st = _names(raw["strategies"], "strategies", strategies.names(), where)
+    seeds = raw.get("seeds", 1)
+    if isinstance(seeds, int) and not isinstance(seeds, bool) and seeds >= 1:
+        seed_list = tuple(range(seeds))
+    elif (isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool)
+                                                   and s >= 0 for s in seeds)
+          and len(set(seeds)) == len(seeds)):
+        seed_list = tuple(seeds)
+    else:
+        raise SpecError(f"{where}: seeds must be a count >= 1 or a list of distinct seeds >= 0; "
+                        f"got {seeds!r}")
+    budget = raw.get("budget")
+    if budget is not None:
+        _check_budget(budget, "budget", where)
+    objective = _table(raw.get("objective", {}), "objective", where)
+    for k in objective:
+        if k not in OBJECTIVE_KEYS:
+            raise SpecError(f"{where}: unknown key objective.{k}; allowed: "
+                            f"{', '.join(OBJECTIVE_KEYS)}")
+    overrides = _table(raw.get("overrides", {}), "overrides", where)
+    for k in overrides:
+        if k.split(".")[0] in ("strategy", "suite", "seed", "budget"):
+            raise SpecError(f"{where}: overrides.{k}: set strategy and suite knobs in "
+                            "[strategy.NAME] and [suite.NAME], the budget with budget = ...")
+    per_strategy = _per_name(raw.get("strategy", {}), "strategy", st, where)
+    per_suite = _per_name(raw.get("suite", {}), "suite", su, where)
+    for sname, table in per_suite.items():
+        if "budget" in table:
+            _check_budget(table["budget"], f"suite.{sname}.budget", where)
+    spec = Spec(where, name.strip(), su, st, seed_list, budget, objective, overrides,
+                per_strategy, per_suite)
+    spec.cells()  # resolve every cell now: a bad knob fails before anything runs
+    return spec
+
+
+def _check_budget(value: Any, key: str, where: str) -> None:
+    if not isinstance(value, str):
+        raise SpecError(f"{where}: {key} must be a string KIND=AMOUNT (kinds: samples, steps, "
+                        "flops, seconds), e.g. \"samples=60000\"")
+    try:
+        parse_budget(value)
+    except ConfigError as e:
+        raise SpecError(f"{where}: {key}: {e}") from None
+
+
+def _per_name(value: Any, key: str, names: tuple[str, ...], where: str) -> dict:
+    if not isinstance(value, dict):
+        raise SpecError(f"{where}: {key} must hold tables [{key}.NAME]")
+    out = {}
+    for n, table in value.items():
+        if n not in names:
+            raise SpecError(f"{where}: [{key}.{n}]: {n!r} is not among this spec's {key} "
+                            f"entries; allowed: {', '.join(names)}")
+        out[n] = _table(table, f"{key}.{n}", where)
+    return out
