@@ -22,22 +22,11 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from harness.spec import Cell, Spec
 
 CELL_TAG = "negbench.cell"
 SPEC_TAG = "negbench.spec"
-AUDIT_KEYS = ("budget_spent", "budget_total", "samples_seen", "steps")
-
-
-@dataclass
-class CellResult:
-    cell: Cell
-    status: str  # done | skipped | failed
-    metrics: dict[str, float] = field(default_factory=dict)
-    reason: str = ""
-    run_id: str | None = None
 
 
 def _client(uri: str | None):
@@ -87,7 +76,7 @@ def close_stale(uri: str | None, experiment: str) -> int:
 
 def run_cells(spec: Spec, cells: list[Cell], *, tracking_uri: str | None,
               data_dir: str | None = None,
-              on_event: Callable[[str, Cell, dict], None] | None = None) -> list[CellResult]:
+              on_event: Callable[[str, Cell, dict], None] | None = None) -> None:
     """Run ``cells`` one after another in this process, skipping completed ones."""
     from harness.runner import RunFailed, run
     from strategies import StrategyError
@@ -96,12 +85,9 @@ def run_cells(spec: Spec, cells: list[Cell], *, tracking_uri: str | None,
         if on_event is not None:
             on_event(kind, cell, info)
 
-    results = []
     for cell in cells:
         done = completed(tracking_uri, spec.name)  # re-read: another worker may have finished it
         if cell.key in done:
-            r = done[cell.key]
-            results.append(CellResult(cell, "skipped", dict(r.data.metrics), run_id=r.info.run_id))
             emit("skipped", cell)
             continue
         emit("start", cell)
@@ -115,12 +101,9 @@ def run_cells(spec: Spec, cells: list[Cell], *, tracking_uri: str | None,
                     extra_tags={CELL_TAG: cell.key, SPEC_TAG: spec.name})
         except (RunFailed, StrategyError, FloatingPointError, RuntimeError, ValueError) as e:
             reason = f"{type(e).__name__}: {e}"
-            results.append(CellResult(cell, "failed", reason=reason))
             emit("failed", cell, reason=reason)
             continue
-        results.append(CellResult(cell, "done", r.metrics, run_id=r.run_id))
         emit("done", cell, wall=r.metrics.get("wall_seconds", math.nan))
-    return results
 
 
 def audit(spec: Spec, uri: str | None) -> list[str]:

@@ -178,6 +178,34 @@ def cmd_run(args) -> int:
     return 0
 
 
+def strategy_table(title: str, per: dict[str, list[dict]], cols: list[tuple[str, str]],
+                   spread: tuple[str, ...] | None = None):
+    """A rich table: one row per strategy (best mean kNN accuracy first), each column a
+    metric's mean over the strategy's runs, with ± the sample standard deviation when there are
+    several runs (for the ``spread`` metrics only, when given); "-" where no run has it."""
+    import statistics
+
+    from rich.table import Table
+
+    t = Table(title=title)
+    t.add_column("strategy")
+    for _, heading in cols:
+        t.add_column(heading, justify="right")
+    order = sorted(per, key=lambda n: -statistics.mean(m.get("knn_acc", 0) for m in per[n]))
+    for n in order:
+        row = []
+        for key, _ in cols:
+            vals = [m[key] for m in per[n] if key in m]
+            if not vals:
+                row.append("-")
+                continue
+            sd = (f" ± {statistics.stdev(vals):.3f}"
+                  if len(vals) > 1 and (spread is None or key in spread) else "")
+            row.append(format_value(statistics.mean(vals)) + sd)
+        t.add_row(n, *row)
+    return t
+
+
 def format_value(v) -> str:
     """A metric for a table: integers with separators, large numbers in e-notation."""
     if v is None:
@@ -192,9 +220,7 @@ def format_value(v) -> str:
 
 
 def cmd_demo(args) -> int:
-    import statistics
 
-    from rich.table import Table
 
     import strategies
     from harness.runner import RunFailed
@@ -220,26 +246,13 @@ def cmd_demo(args) -> int:
                 failures[f"{cfg.strategy} seed {cfg.seed}"] = str(e)
             progress.remove_task(task)
             progress.advance(overall)
-    t = Table(title=f"{args.suite}: every strategy under one budget "
-                    f"({cfgs[0].budget.kind}={cfgs[0].budget.amount:g}, "
-                    f"{args.seeds} seed{'s' if args.seeds > 1 else ''})")
     cols = [("knn_acc", "kNN acc"), ("linear_acc", "linear acc"), ("fnr", "FNR"),
             ("hardness", "hardness"), ("wall_seconds", "wall s"),
             ("samples_per_second", "samples/s"), ("flops", "FLOPs")]
-    t.add_column("strategy")
-    for _, title in cols:
-        t.add_column(title, justify="right")
-    order = sorted(results, key=lambda n: -statistics.mean(m["knn_acc"] for m in results[n]))
-    for n in order:
-        ms = results[n]
-        cells = []
-        for key, _ in cols:
-            vals = [m[key] for m in ms]
-            mean = statistics.mean(vals)
-            cells.append(format_value(mean) + (f" ± {statistics.stdev(vals):.3f}"
-                                       if len(vals) > 1 and key in ("knn_acc", "linear_acc", "fnr")
-                                       else ""))
-        t.add_row(n, *cells)
+    t = strategy_table(f"{args.suite}: every strategy under one budget "
+                       f"({cfgs[0].budget.kind}={cfgs[0].budget.amount:g}, "
+                       f"{args.seeds} seed{'s' if args.seeds > 1 else ''})", results, cols,
+                       spread=("knn_acc", "linear_acc", "fnr"))
     console.print(t)
     for k, why in failures.items():
         console.print(f"[red]failed[/red] {k}: {why}")
@@ -302,7 +315,6 @@ class _UserError(ValueError):
 
 def cmd_ablate(args) -> int:
     import os
-    import statistics
 
     from rich.table import Table
 
@@ -393,21 +405,8 @@ def cmd_ablate(args) -> int:
         if not per:
             continue
         shown = [(k, t) for k, t in cols if any(k in m for ms in per.values() for m in ms)]
-        t = Table(title=f"{spec.name} / {suite}: {len(spec.seeds)} seed(s), mean ± std")
-        t.add_column("strategy")
-        for _, title in shown:
-            t.add_column(title, justify="right")
-        order = sorted(per, key=lambda n: -statistics.mean(m.get("knn_acc", 0) for m in per[n]))
-        for n in order:
-            row = []
-            for k, _ in shown:
-                vals = [m[k] for m in per[n] if k in m]
-                if not vals:
-                    row.append("-")
-                    continue
-                sd = f" ± {statistics.stdev(vals):.3f}" if len(vals) > 1 else ""
-                row.append(format_value(statistics.mean(vals)) + sd)
-            t.add_row(n, *row)
+        t = strategy_table(f"{spec.name} / {suite}: {len(spec.seeds)} seed(s), mean ± std", per,
+                           shown)
         out.print(t)
     missing = [c.label for c in cells if c.key not in done]
     for label, why in failures.items():

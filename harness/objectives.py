@@ -130,7 +130,7 @@ def info_nce(negs: Negatives, temperature: float) -> ObjectiveOut:
     sim = negs.similarity()  # (A, W)
     sel = negs.selected()  # (A, W)
     pos = (a * p).sum(-1)  # (A,)
-    plain = negs._plain_weights()
+    plain = negs.plain_weights()
     t, tp = negs.tilt, negs.tau_plus
     if 2.0 * (1.0 / tau + t) <= 80.0 and not (t and plain is not None):
         w = sel.to(sim.dtype) if plain is None else sel * plain.to(sim.dtype)  # (A, W)

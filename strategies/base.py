@@ -182,15 +182,17 @@ class Negatives:
             sim = self.similarity()
             if not self.tilt_grad:
                 sim = sim.detach()
-            w = self._plain_weights()
+            w = self.plain_weights()
             sel = self.selected()
             if w is not None:
                 sel = sel & (w > 0)
             t = tilt_weights(sim, sel, self.tilt)  # (A, W)
             return t if w is None else t * w.to(t.dtype)
-        return self._plain_weights()
+        return self.plain_weights()
 
-    def _plain_weights(self) -> Tensor | None:
+    def plain_weights(self) -> Tensor | None:
+        """(A, W) ``weights`` and ``extra_weights`` without the tilt, or None when neither is
+        given (the objective applies a tilt itself)."""
         if self.weights is None and self.extra_weights is None:
             return None
         w = self.weights
