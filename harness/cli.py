@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import shlex
 import sys
 from collections.abc import Sequence
 
@@ -95,6 +97,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no live view")
     p.add_argument("--shard", default=None, help=argparse.SUPPRESS)  # i/n: a local worker
     p.add_argument("--events", action="store_true", help=argparse.SUPPRESS)
+
+    p = sub.add_parser("worker", help="join an ablation's shared work queue (any machine)",
+                       description="Take cells of an ablation spec from a work queue that many "
+                                   "processes on many machines share: an optuna study in RDB "
+                                   "storage (PostgreSQL for a team), with a grid sampler over "
+                                   "the spec's cells. Each cell runs once; a worker that dies "
+                                   "has its cell retried by another after a grace period; cells "
+                                   "already completed in the tracking store are skipped. Point "
+                                   "every worker at one mlflow tracking server. Ends, when no "
+                                   "cell is left, with the same tables and audit as ablate.")
+    p.add_argument("spec", help="the spec file (e.g. specs/standard.toml)")
+    p.add_argument("--storage", required=True, metavar="URL",
+                   help="the queue's optuna storage, e.g. "
+                        "postgresql+psycopg2://user:password@host/negbench (or a sqlite:/// "
+                        "file for processes on one machine)")
+    p.add_argument("--tracking-uri", default=None,
+                   help="mlflow tracking URI, e.g. http://host:5000 (default: "
+                        "$MLFLOW_TRACKING_URI, else sqlite:///negbench-runs/mlflow.db)")
+    p.add_argument("--data-dir", default=None, help="where suites look for their data first")
+    p.add_argument("--heartbeat", type=int, default=20, metavar="S",
+                   help="seconds between a running cell's heartbeats (default 20)")
+    p.add_argument("--grace", type=int, default=60, metavar="S",
+                   help="seconds without a heartbeat after which a cell is retried (default 60)")
+    p.add_argument("--max-cells", type=int, default=None, metavar="N",
+                   help="leave after running N cells (default: when the grid is done)")
+    p.add_argument("--no-progress", action="store_true", help="no live view")
 
     sub.add_parser("strategies", help="list the registered strategies",
                    description="List every registered strategy with its paper and knobs.")
@@ -392,7 +420,66 @@ def cmd_ablate(args) -> int:
             for w, code in enumerate(codes):
                 if code != 0:
                     failures[f"worker {w}"] = f"exited with status {code}"
-    done = A.completed(args.tracking_uri, spec.name)
+    return _ablation_summary(spec, cells, args.tracking_uri, failures)
+
+
+def cmd_worker(args) -> int:
+    from harness import worker as W
+    from harness.spec import load_spec
+
+    spec = load_spec(args.spec)
+    cells = spec.cells()
+    if os.environ.get("NEGBENCH_THREADS"):  # set by whoever starts several workers on one host
+        import torch
+
+        torch.set_num_threads(int(os.environ["NEGBENCH_THREADS"]))
+    if args.max_cells is not None and args.max_cells < 1:
+        raise _UserError("--max-cells must be >= 1")
+    try:
+        queue = W.open_queue(spec, cells, args.storage, args.tracking_uri,
+                             heartbeat=args.heartbeat, grace=args.grace)
+    except ValueError as e:
+        raise _UserError(str(e)) from e
+    console = _console()
+    again = W.retry_failed(queue)
+    console.print(f"worker {W.worker_id()} joined {queue.study.study_name} ({len(cells)} cells)"
+                  + (f"; {again} failed cell(s) queued again" if again else ""),
+                  highlight=False)
+    failures: dict[str, str] = {}
+    with _progress(console, args.no_progress) as progress:
+        grid = progress.add_task(f"{spec.name}: grid", total=len(cells), stats="")
+        mine = progress.add_task("this worker: idle", total=100, stats="")
+
+        def on_event(kind, cell, info):
+            if kind == "queue":
+                progress.update(grid, completed=info["finished"],
+                                stats=f"{info['running']} running, {info['todo']} to start")
+            elif kind == "start":
+                progress.update(mine, description=f"this worker: {cell.label}", completed=0,
+                                stats="")
+            elif kind == "progress":
+                progress.update(mine, completed=100 * info["fraction"],
+                                stats=f"loss {info['loss']:.3f}")
+            elif kind in ("done", "failed"):
+                progress.update(mine, completed=100,
+                                stats="done" if kind == "done" else "[red]failed[/red]")
+                if kind == "failed":
+                    failures[cell.label] = info["reason"]
+
+        ran = W.work(spec, cells, queue, tracking_uri=args.tracking_uri, data_dir=args.data_dir,
+                     max_cells=args.max_cells, on_event=on_event)
+    console.print(f"worker {W.worker_id()} ran {ran} cell(s)", highlight=False)
+    if args.max_cells is not None and ran >= args.max_cells:
+        return EXIT_FAILED if failures else 0
+    return _ablation_summary(spec, cells, args.tracking_uri, failures)
+
+
+def _ablation_summary(spec, cells, tracking_uri, failures: dict[str, str]) -> int:
+    """The end of ``ablate`` and ``worker``: a table per suite, failures, the budget audit."""
+    from harness import ablate as A
+    from harness.tracking import resolve_uri
+
+    done = A.completed(tracking_uri, spec.name)
     out = _console(stderr=False)
     cols = [("knn_acc", "kNN acc"), ("linear_acc", "linear acc"), ("retrieval_r1", "R@1"),
             ("retrieval_mrr", "MRR"), ("fnr", "FNR"), ("hardness", "hardness"),
@@ -411,7 +498,7 @@ def cmd_ablate(args) -> int:
     missing = [c.label for c in cells if c.key not in done]
     for label, why in failures.items():
         out.print(f"[red]failed[/red] {label}: {why}", highlight=False)
-    issues = A.audit(spec, args.tracking_uri)
+    issues = A.audit(spec, tracking_uri)
     if issues:
         out.print("[red]budget audit: runs whose spend differs[/red]")
         for line in issues:
@@ -420,16 +507,18 @@ def cmd_ablate(args) -> int:
         out.print(f"budget audit: all {len(cells) - len(missing)} completed runs spent exactly "
                   "their cell's budget, the same within each suite")
     out.print(f"{len(cells) - len(missing)} of {len(cells)} cells completed; runs in experiment "
-              f"{spec.name!r} at {resolve_uri(args.tracking_uri)}")
+              f"{spec.name!r} at {resolve_uri(tracking_uri)}")
     return EXIT_FAILED if missing else 0
 
 
-COMMANDS = {"run": cmd_run, "demo": cmd_demo, "ablate": cmd_ablate, "strategies": cmd_strategies,
+COMMANDS = {"run": cmd_run, "demo": cmd_demo, "ablate": cmd_ablate, "worker": cmd_worker,
+            "strategies": cmd_strategies,
             "suites": cmd_suites}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     from harness.config import ConfigError
     from harness.runner import RunFailed
@@ -438,6 +527,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from strategies.registry import RegistryError
     from suites import SuiteError
 
+    # the command every run records (tag negbench.command); worker processes inherit it, and a
+    # worker keeps the command of the process that started it
+    inherited = os.environ.get("NEGBENCH_COMMAND")
+    os.environ["NEGBENCH_COMMAND"] = inherited or shlex.join(["negbench", *argv])
     try:
         return COMMANDS[args.command](args)
     except (ConfigError, RegistryError, SuiteError, StrategyError, SpecError, _UserError) as e:
@@ -449,6 +542,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write(f"negbench {args.command}: interrupted\n")
         return 130
+    finally:
+        if inherited is None:
+            os.environ.pop("NEGBENCH_COMMAND", None)
 
 
 if __name__ == "__main__":
