@@ -13,7 +13,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 import subprocess
+import sys
 import tempfile
 import time
 from importlib import metadata
@@ -122,6 +124,15 @@ class Tracker:
             self.client.set_terminated(self.run_id, status=status)
 
 
+def command_line() -> str:
+    """The command that produced a run: the user's ``negbench ...`` line (``harness.cli.main``
+    records it in ``NEGBENCH_COMMAND``, which worker processes inherit), else this process's."""
+    cmd = os.environ.get("NEGBENCH_COMMAND")
+    if cmd:
+        return cmd
+    return shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else "unknown"
+
+
 def run_tags(cfg, device: str) -> dict[str, str]:
     versions = package_versions()
     tags = {
@@ -134,6 +145,7 @@ def run_tags(cfg, device: str) -> dict[str, str]:
         "device": device,
         "host": platform.node(),
         "python": platform.python_version(),
+        "negbench.command": command_line(),
     }
     tags.update({f"version.{k}": v for k, v in versions.items()})
     return tags
