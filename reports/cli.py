@@ -1,0 +1,144 @@
+"""``negbench report``: the comparison report of an experiment's tracked runs.
+
+The lead wires :func:`add_parser` into ``harness.cli``; :func:`main` runs the command on its own
+(``python -m reports.cli --experiment demo``) with the same error handling as ``negbench``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+DESCRIPTION = (
+    "Write the comparison report of an experiment's tracked runs: per suite and budget, the "
+    "strategies ranked by kNN and linear accuracy (mean and 95% confidence interval over "
+    "seeds), a paired t-test against in-batch, FNR, hardness and cost side by side, the Pareto "
+    "front of accuracy against compute, training curves, FNR by hardness decile, tuned against "
+    "default configs, a budget audit of every run, failed runs and provenance. Writes "
+    "index.html (self-contained, no network), report.md, report.json and the figures as PNG "
+    "files, and prints the path of index.html.")
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    """Add ``report`` to argparse subparsers ``sub`` (whose parser_class the caller set)."""
+    p = sub.add_parser("report", help="write the comparison report (HTML, Markdown, figures) "
+                                      "of an experiment", description=DESCRIPTION)
+    p.add_argument("--experiment", default=None, metavar="NAME",
+                   help="the mlflow experiment to report on (e.g. the spec's name: demo); "
+                        "default: the experiment holding the most recently started run")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="where to write the report (default: "
+                        "negbench-runs/reports/EXPERIMENT/)")
+    p.add_argument("--tracking-uri", default=None,
+                   help="mlflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
+                        "sqlite:///negbench-runs/mlflow.db)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=cmd_report)
+    return p
+
+
+def default_out(experiment: str) -> Path:
+    from harness.tracking import DEFAULT_DIR
+    from reports.build import slug
+
+    return DEFAULT_DIR / "reports" / slug(experiment)
+
+
+def prepare_out(out: str | Path | None, experiment: str) -> Path:
+    """The report's directory, made and checked writable (ConfigError otherwise)."""
+    from harness.config import ConfigError
+
+    path = Path(out) if out is not None else default_out(experiment)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".negbench-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"--out {str(path)!r}: cannot write the report there "
+                          f"({e.strerror or e}); pass a writable directory") from None
+    return path
+
+
+def load(uri: str | None, experiment: str | None):
+    """The runs of ``experiment``, default: the one holding the most recently started run."""
+    from reports import data
+
+    return data.load(uri, experiment or data.latest_experiment(uri))
+
+
+def write_report(runs, uri: str | None, out: Path, progress=None) -> Path:
+    """Build the report of ``runs`` (:func:`load`) and write it into ``out``; the path of its
+    index.html. ``progress``: a rich Progress, or None."""
+    from reports import data, figures, render
+    from reports.build import build
+
+    def task(desc: str, total: float) -> Callable[..., None]:
+        if progress is None:
+            return lambda n=1: None
+        t = progress.add_task(desc, total=total, stats="")
+        return lambda n=1: progress.advance(t, n)
+
+    rep = build(runs)
+    ids = [i for s in rep.sections for i in s.runs["run_id"]]
+    step = task(f"training curves of {len(ids)} runs", len(ids))
+    hist = data.histories(uri, ids, on_done=step)
+    pal = figures.Palette(list(runs.frame["strategy"]))
+    step = task(f"figures of {len(rep.sections)} section(s)", len(rep.sections))
+    for s in rep.sections:
+        s.figures = figures.draw(s, hist[hist["run_id"].isin(set(s.runs["run_id"]))], pal, out)
+        step()
+    step = task("index.html, report.md, report.json", 1)
+    index = render.write(rep, out)
+    step()
+    return index
+
+
+def generate(uri: str | None, experiment: str | None = None, out: str | Path | None = None,
+             progress=None) -> Path:
+    """:func:`load`, :func:`prepare_out` and :func:`write_report` in one call."""
+    runs = load(uri, experiment)
+    return write_report(runs, uri, prepare_out(out, runs.experiment), progress)
+
+
+def cmd_report(args) -> int:
+    from contextlib import nullcontext
+
+    from harness.cli import _console, _progress
+
+    console = _console()
+    # bad input (an unknown experiment, an unwritable --out) fails before any progress bar
+    with (nullcontext() if args.no_progress else console.status("reading runs from mlflow")):
+        runs = load(args.tracking_uri, args.experiment)
+        out = prepare_out(args.out, runs.experiment)
+    with _progress(console, args.no_progress) as progress:
+        index = write_report(runs, args.tracking_uri, out, progress)
+    print(index.resolve())
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``negbench report`` on its own: ``argv`` holds the options, without ``report``."""
+    from harness.cli import EXIT_USAGE, _Parser, _UserError
+    from harness.config import ConfigError
+    from harness.spec import SpecError
+
+    parser = _Parser(prog="negbench")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser,
+                                metavar="COMMAND")
+    add_parser(sub)
+    args = parser.parse_args(["report", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return args.handler(args)
+    except (ConfigError, SpecError, _UserError) as e:
+        sys.stderr.write(f"negbench {args.command}: error: {e}\n")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        sys.stderr.write(f"negbench {args.command}: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,220 @@
+"""Tracked runs, read back through mlflow into pandas.
+
+One row per run: its identity (tags ``suite``, ``strategy``, ``seed``, ``budget``, and
+``negbench.tuned`` for a tuned config), its status, its provenance tags and its final metrics
+(mlflow's latest value of each key: the values every run logs when it ends). Training curves
+come from metric histories, fetched only for the metrics the curves draw.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import pandas as pd
+
+from harness.config import ConfigError
+
+TUNED_TAG = "negbench.tuned"
+COMMAND_TAG = "negbench.command"
+IDENTITY = ("suite", "strategy", "seed", "budget")
+# the metric histories the curves draw; ``budget_fraction`` is their x axis
+CURVES = ("loss", "fnr", "hardness", "lr")
+X_AXIS = "budget_fraction"
+# columns of the runs frame that are not metrics
+RUN_COLUMNS = ("run_id", "run_name", "status", "start_time", "end_time", "suite", "strategy",
+               "seed", "budget", "tuned", "variant", "failure", "tags")
+
+
+def client(uri: str | None):
+    from mlflow import MlflowClient
+
+    from harness.tracking import resolve_uri
+
+    for name in ("alembic", "mlflow"):  # a new sqlite store's migration chatter
+        logging.getLogger(name).setLevel(logging.WARNING)
+    return MlflowClient(tracking_uri=resolve_uri(uri))
+
+
+def _all_runs(c, experiment_ids: list[str], order_by: list[str] | None = None,
+              max_results: int | None = None) -> list:
+    out, token = [], None
+    while True:
+        page = c.search_runs(experiment_ids, max_results=min(max_results or 1000, 1000),
+                             order_by=order_by, page_token=token)
+        out.extend(page)
+        token = page.token
+        if not token or (max_results is not None and len(out) >= max_results):
+            return out
+
+
+def experiments(uri: str | None) -> list[tuple[str, int, int]]:
+    """(name, finished runs, all runs) for every experiment of the store that holds a run."""
+    c = client(uri)
+    rows = []
+    for e in c.search_experiments():
+        runs = _all_runs(c, [e.experiment_id])
+        if runs:
+            rows.append((e.name, sum(r.info.status == "FINISHED" for r in runs), len(runs)))
+    return rows
+
+
+def _name_list(rows: list[tuple[str, int, int]]) -> str:
+    if not rows:
+        return "none (run `negbench ablate SPEC` or `negbench run` first)"
+    return ", ".join(f"{n} ({f} finished of {a})" for n, f, a in sorted(rows))
+
+
+def latest_experiment(uri: str | None) -> str:
+    """The experiment holding the most recently started run."""
+    from harness.tracking import resolve_uri
+
+    c = client(uri)
+    exps = {e.experiment_id: e.name for e in c.search_experiments()}
+    if exps:
+        latest = _all_runs(c, list(exps), order_by=["attributes.start_time DESC"],
+                           max_results=1)
+        if latest:
+            return exps[latest[0].info.experiment_id]
+    raise ConfigError(f"no runs in the tracking store {resolve_uri(uri)}: run `negbench ablate "
+                      "SPEC` or `negbench run` first, or pass --tracking-uri")
+
+
+@dataclass
+class Runs:
+    """An experiment's runs: ``frame`` has one row per run (``RUN_COLUMNS`` plus one column per
+    final metric); ``ignored`` counts the runs left out and why."""
+
+    experiment: str
+    experiment_id: str
+    uri: str
+    frame: pd.DataFrame
+    ignored: dict[str, int]
+
+    @property
+    def finished(self) -> pd.DataFrame:
+        return self.frame[self.frame["status"] == "FINISHED"]
+
+
+def variant_labels(frame: pd.DataFrame) -> pd.Series:
+    """A row label per run: the strategy for a default config; ``strategy (tuned)`` for a run
+    tagged ``negbench.tuned`` (``strategy (tuned: EXPORT)`` where one strategy has several)."""
+    exports: dict[str, set] = {}
+    for s, t in zip(frame["strategy"], frame["tuned"], strict=True):
+        if t:
+            exports.setdefault(s, set()).add(t)
+
+    def label(s: str, t: str) -> str:
+        if not t:
+            return s
+        return f"{s} (tuned)" if len(exports[s]) == 1 else f"{s} (tuned: {t})"
+
+    return pd.Series([label(s, t) for s, t in zip(frame["strategy"], frame["tuned"],
+                                                   strict=True)], index=frame.index, dtype=object)
+
+
+def load(uri: str | None, experiment: str) -> Runs:
+    """Every run of ``experiment`` that carries negbench's identity tags.
+
+    Raises ConfigError naming the experiments that exist when ``experiment`` is unknown or has
+    no finished run."""
+    from harness.tracking import resolve_uri
+
+    c = client(uri)
+    exp = c.get_experiment_by_name(experiment)
+    if exp is None:
+        raise ConfigError(f"no experiment {experiment!r} in {resolve_uri(uri)}; experiments "
+                          f"with runs: {_name_list(experiments(uri))}")
+    runs = _all_runs(c, [exp.experiment_id])
+    rows, ignored = [], {}
+    for r in runs:
+        tags = r.data.tags
+        if any(k not in tags for k in IDENTITY):
+            ignored["without negbench's suite/strategy/seed/budget tags"] = \
+                ignored.get("without negbench's suite/strategy/seed/budget tags", 0) + 1
+            continue
+        try:
+            seed = int(tags["seed"])
+        except ValueError:
+            ignored["with a seed tag that is not an integer"] = \
+                ignored.get("with a seed tag that is not an integer", 0) + 1
+            continue
+        row = {
+            "run_id": r.info.run_id,
+            "run_name": r.info.run_name or "",
+            "status": r.info.status,
+            "start_time": r.info.start_time,
+            "end_time": r.info.end_time,
+            "suite": tags["suite"],
+            "strategy": tags["strategy"],
+            "seed": seed,
+            "budget": tags["budget"],
+            "tuned": tags.get(TUNED_TAG, ""),
+            "failure": tags.get("failure", ""),
+            "tags": dict(tags),
+        }
+        for k, v in r.data.metrics.items():
+            if k not in row:
+                row[k] = v
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        frame = pd.DataFrame(columns=[c for c in RUN_COLUMNS if c != "variant"])
+    frame["variant"] = variant_labels(frame) if len(frame) else pd.Series(dtype=object)
+    if not (frame["status"] == "FINISHED").any():
+        raise ConfigError(f"experiment {experiment!r} has no finished negbench run "
+                          f"({len(runs)} run(s) in all); experiments with runs: "
+                          f"{_name_list(experiments(uri))}")
+    return Runs(experiment, exp.experiment_id, resolve_uri(uri), frame, ignored)
+
+
+def latest_per_seed(finished: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """One run per (suite, budget, variant, seed): the most recently started; and how many
+    older duplicates were left out."""
+    f = finished.sort_values("start_time", ascending=False, kind="stable")
+    kept = f.drop_duplicates(["suite", "budget", "variant", "seed"], keep="first")
+    return kept.sort_values(["suite", "budget", "variant", "seed"], kind="stable"), \
+        len(f) - len(kept)
+
+
+def histories(uri: str | None, run_ids: Iterable[str], keys: Iterable[str] = CURVES,
+              on_done: Callable[[], None] | None = None, workers: int = 8) -> pd.DataFrame:
+    """The training curves of ``run_ids``: columns run_id, step (samples seen),
+    ``budget_fraction`` and one column per key.
+
+    A point is a log point of the run (a step its ``budget_fraction`` history has). A key that
+    is also a final metric (fnr, hardness) has a second value at the last step, the whole run's,
+    logged later; the curve keeps the interval value, the first logged at that step."""
+    c = client(uri)
+    keys = list(keys)
+
+    def one(run_id: str) -> pd.DataFrame | None:
+        xs = {m.step: m.value for m in sorted(c.get_metric_history(run_id, X_AXIS),
+                                               key=lambda m: (m.step, m.timestamp))}
+        if not xs:
+            if on_done:
+                on_done()
+            return None
+        cols: dict[str, dict[int, float]] = {}
+        for k in keys:
+            first: dict[int, float] = {}
+            for m in sorted(c.get_metric_history(run_id, k), key=lambda m: (m.step, m.timestamp)):
+                if m.step in xs and m.step not in first:
+                    first[m.step] = m.value
+            cols[k] = first
+        steps = sorted(xs)
+        df = pd.DataFrame({"run_id": run_id, "step": steps, X_AXIS: [xs[s] for s in steps],
+                           **{k: [cols[k].get(s, math.nan) for s in steps] for k in keys}})
+        if on_done:
+            on_done()
+        return df
+
+    ids = list(run_ids)
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(ids) or 1))) as pool:
+        parts = [p for p in pool.map(one, ids) if p is not None]
+    if not parts:
+        return pd.DataFrame(columns=["run_id", "step", X_AXIS, *keys])
+    return pd.concat(parts, ignore_index=True)
