@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", default=None,
                    help="mlflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
                         "sqlite:///negbench-runs/mlflow.db)")
+    p.add_argument("--report", action="store_true",
+                   help="end by writing the experiment's comparison report (as `negbench "
+                        "report --experiment NAME`) and printing its path")
     p.add_argument("--no-progress", action="store_true", help="no live view")
     p.add_argument("--shard", default=None, help=argparse.SUPPRESS)  # i/n: a local worker
     p.add_argument("--events", action="store_true", help=argparse.SUPPRESS)
@@ -122,7 +125,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds without a heartbeat after which a cell is retried (default 60)")
     p.add_argument("--max-cells", type=int, default=None, metavar="N",
                    help="leave after running N cells (default: when the grid is done)")
+    p.add_argument("--report", action="store_true",
+                   help="end by writing the experiment's comparison report and printing its "
+                        "path")
     p.add_argument("--no-progress", action="store_true", help="no live view")
+
+    from reports.cli import add_parser as add_report_parser
+
+    add_report_parser(sub)
 
     sub.add_parser("strategies", help="list the registered strategies",
                    description="List every registered strategy with its paper and knobs.")
@@ -420,7 +430,7 @@ def cmd_ablate(args) -> int:
             for w, code in enumerate(codes):
                 if code != 0:
                     failures[f"worker {w}"] = f"exited with status {code}"
-    return _ablation_summary(spec, cells, args.tracking_uri, failures)
+    return _ablation_summary(spec, cells, args.tracking_uri, failures, args)
 
 
 def cmd_worker(args) -> int:
@@ -471,11 +481,12 @@ def cmd_worker(args) -> int:
     console.print(f"worker {W.worker_id()} ran {ran} cell(s)", highlight=False)
     if args.max_cells is not None and ran >= args.max_cells:
         return EXIT_FAILED if failures else 0
-    return _ablation_summary(spec, cells, args.tracking_uri, failures)
+    return _ablation_summary(spec, cells, args.tracking_uri, failures, args)
 
 
-def _ablation_summary(spec, cells, tracking_uri, failures: dict[str, str]) -> int:
-    """The end of ``ablate`` and ``worker``: a table per suite, failures, the budget audit."""
+def _ablation_summary(spec, cells, tracking_uri, failures: dict[str, str], args) -> int:
+    """The end of ``ablate`` and ``worker``: a table per suite, failures, the budget audit, and
+    with ``--report`` the comparison report (written even when some cells failed)."""
     from harness import ablate as A
     from harness.tracking import resolve_uri
 
@@ -508,12 +519,17 @@ def _ablation_summary(spec, cells, tracking_uri, failures: dict[str, str]) -> in
                   "their cell's budget, the same within each suite")
     out.print(f"{len(cells) - len(missing)} of {len(cells)} cells completed; runs in experiment "
               f"{spec.name!r} at {resolve_uri(tracking_uri)}")
+    if args.report and len(missing) < len(cells):
+        from reports.cli import generate
+
+        with _progress(_console(), args.no_progress) as progress:
+            index = generate(tracking_uri, spec.name, progress=progress)
+        out.print(f"report: {index.resolve()}", highlight=False, soft_wrap=True)
     return EXIT_FAILED if missing else 0
 
 
 COMMANDS = {"run": cmd_run, "demo": cmd_demo, "ablate": cmd_ablate, "worker": cmd_worker,
-            "strategies": cmd_strategies,
-            "suites": cmd_suites}
+            "strategies": cmd_strategies, "suites": cmd_suites}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -532,7 +548,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     inherited = os.environ.get("NEGBENCH_COMMAND")
     os.environ["NEGBENCH_COMMAND"] = inherited or shlex.join(["negbench", *argv])
     try:
-        return COMMANDS[args.command](args)
+        return COMMANDS.get(args.command, getattr(args, "handler", None))(args)
     except (ConfigError, RegistryError, SuiteError, StrategyError, SpecError, _UserError) as e:
         sys.stderr.write(f"negbench {args.command}: error: {e}\n")
         return EXIT_USAGE

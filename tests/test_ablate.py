@@ -222,3 +222,14 @@ def test_audit_flags_a_run_whose_spend_differs(tmp_path):
     client.set_terminated(run.info.run_id, "FINISHED")
     lines = A.audit(spec, uri(tmp_path))
     assert len(lines) == 1 and cell.label in lines[0] and "samples=768" in lines[0]
+
+
+def test_ablate_with_report_ends_with_the_reports_path(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the report's default place: ./negbench-runs/reports/NAME/
+    path = write(tmp_path, SMALL.replace("seeds = 2", "seeds = 1"))
+    assert main(["ablate", path, "--tracking-uri", uri(tmp_path), "--no-progress",
+                 "--report"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    index = tmp_path / "negbench-runs" / "reports" / "spec" / "index.html"
+    assert last == f"report: {index}" and index.is_file()
+    assert "in-batch" in (index.parent / "report.md").read_text()
