@@ -88,6 +88,7 @@ class Tracker:
         else:
             self.experiment_id = exp.experiment_id
         self.run_id: str | None = None
+        self._pending: list = []  # asynchronous metric writes not yet known to be stored
 
     def start(self, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
         from mlflow.entities import Param
@@ -100,14 +101,26 @@ class Tracker:
             self.client.log_batch(self.run_id, params=items[i:i + 100])
         return self.run_id
 
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+    def log_metrics(self, metrics: dict[str, float], step: int, background: bool = False) -> None:
+        """Log ``metrics`` at ``step``. ``background``: hand them to mlflow's asynchronous logger
+        and return at once (the training loop does not wait for the store); :meth:`flush`, and
+        :meth:`end`, wait until every such write is stored."""
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
         items = [Metric(k, float(v), ts, int(step)) for k, v in metrics.items()
                  if v is not None and v == v]  # NaN: nothing to log yet
         for i in range(0, len(items), 1000):
-            self.client.log_batch(self.run_id, metrics=items[i:i + 1000])
+            op = self.client.log_batch(self.run_id, metrics=items[i:i + 1000],
+                                       synchronous=not background)
+            if background and op is not None:
+                self._pending.append(op)
+
+    def flush(self) -> None:
+        """Wait for the background writes (a failed one raises here)."""
+        pending, self._pending = self._pending, []
+        for op in pending:
+            op.wait()
 
     def log_json(self, name: str, obj: Any) -> None:
         with tempfile.TemporaryDirectory() as d:
@@ -121,7 +134,10 @@ class Tracker:
 
     def end(self, status: str = "FINISHED") -> None:
         if self.run_id is not None:
-            self.client.set_terminated(self.run_id, status=status)
+            try:
+                self.flush()
+            finally:
+                self.client.set_terminated(self.run_id, status=status)
 
 
 def command_line() -> str:
