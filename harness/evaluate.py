@@ -4,16 +4,36 @@ kNN follows Wu et al. 2018 (instance discrimination): cosine similarity on the e
 features, the k=20 nearest training items vote for their class with weight exp(s / T), T=0.07.
 The linear probe is a softmax classifier trained on standardised frozen features of the training
 split (full-batch AdamW, seeded). Both score the test split, or the validation split when tuning.
+
+Every evaluation reads its query split through :func:`read_split`, which tells the callables in
+``split_listeners`` the split's name first: how a test (or an audit) can see that tuning never
+evaluates on the test split, without mocking anything.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from harness.config import EvalConfig
-from suites import Suite, SuiteData
+from suites import Split, Suite, SuiteData
+
+# called with the name of every split an evaluation reads ("val", "test"), before it reads it
+split_listeners: list[Callable[[str], None]] = []
+
+
+def read_split(data: SuiteData, name: str) -> Split:
+    """The split ``name`` of ``data``, once every listener has been told its name."""
+    for listener in list(split_listeners):
+        listener(name)
+    split = data.split(name)
+    if split is None:  # a trainer evaluating on val holds no test split (harness.runner.Trainer)
+        raise ValueError(f"the {name} split was withheld from this run (eval.split is not "
+                         f"{name!r}), so it cannot be evaluated on")
+    return split
 
 
 @torch.no_grad()
@@ -67,7 +87,7 @@ def evaluate(encoder: nn.Module, suite: Suite, data: SuiteData, cfg: EvalConfig,
              seed: int) -> dict[str, float]:
     """kNN and linear accuracy on ``cfg.split`` (test, or val when tuning), and the suite's own
     metrics on the same split (:meth:`suites.Suite.evaluate_extra`)."""
-    query = data.split(cfg.split)
+    query = read_split(data, cfg.split)
     tf = embed(encoder, suite, data.train.x)
     qf = embed(encoder, suite, query.x)
     return {
@@ -77,3 +97,13 @@ def evaluate(encoder: nn.Module, suite: Suite, data: SuiteData, cfg: EvalConfig,
                                    cfg.linear_epochs, cfg.linear_lr, seed),
         **suite.evaluate_extra(encoder, data, cfg.split),
     }
+
+
+def knn_accuracy(encoder: nn.Module, suite: Suite, data: SuiteData, split: str,
+                 cfg: EvalConfig) -> float:
+    """kNN top-1 alone on ``split``: the cheap evaluation tuning reports at its checkpoints."""
+    query = read_split(data, split)
+    tf = embed(encoder, suite, data.train.x)
+    qf = embed(encoder, suite, query.x)
+    return knn_top1(tf, data.train.y, qf, query.y, data.n_classes, cfg.knn_k,
+                    cfg.knn_temperature)

@@ -8,6 +8,9 @@ Format (every key but ``suites`` and ``strategies`` optional)::
     strategies = "all"               # or a list of registered names
     seeds = 3                        # a count (seeds 0..2) or a list of seeds
     budget = "samples=60000"         # one budget for every cell; default: each suite's own
+    tuned = "tuned.toml"             # a `negbench tune --export` file (path relative to this
+                                     # spec): its values for a (suite, strategy) apply to those
+                                     # cells
 
     [objective]                      # the objective of every cell (objective.* keys)
     temperature = 0.2
@@ -26,6 +29,16 @@ Format (every key but ``suites`` and ``strategies`` optional)::
 Every error names the file, the key and what is allowed; unknown keys are errors. A cell's
 identity is a hash of its resolved config (suite, strategy, seed, budget, every knob), so a cell
 is the same cell whichever spec file or order produced it.
+
+Tuned values (``tuned = "FILE"``): FILE holds tables ``[SUITE.STRATEGY]`` of dotted run keys
+(``"optim.lr" = 0.0012``, ``"strategy.K" = 512``), as ``negbench tune --export`` writes them
+(harness.tune). A cell whose suite and strategy have a table there gets those values on top of
+the spec's ``[objective]`` and ``[overrides]``; a key that the spec's own ``[strategy.NAME]`` or
+``[suite.NAME]`` table sets to another value is an error naming both places (tuned values are
+meant to be the cell's: remove one). Tables for suites or strategies the spec does not run are
+ignored. Such a cell carries the tag ``negbench.tuned`` = FILE's name (:attr:`Cell.tags`); its
+key is still the hash of its resolved config, so a tuned cell is a different cell from the
+untuned one.
 """
 
 from __future__ import annotations
@@ -34,7 +47,7 @@ import dataclasses
 import hashlib
 import json
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +55,9 @@ import strategies
 import suites
 from harness.config import ConfigError, RunConfig, build_config, parse_budget
 
-TOP_KEYS = ("name", "suites", "strategies", "seeds", "budget", "objective", "overrides",
-            "strategy", "suite")
+TOP_KEYS = ("name", "suites", "strategies", "seeds", "budget", "tuned", "objective",
+            "overrides", "strategy", "suite")
+TUNED_TAG = "negbench.tuned"
 OBJECTIVE_KEYS = ("name", "temperature", "margin")
 
 
@@ -53,10 +67,13 @@ class SpecError(ValueError):
 
 @dataclass(frozen=True)
 class Cell:
-    """One run of an ablation: a resolved config and its identity."""
+    """One run of an ablation: a resolved config, its identity, and tags for its run."""
 
     config: RunConfig
     key: str  # hash of the resolved config
+    # tags the cell's run carries besides the usual ones: {"negbench.tuned": FILE name} for a
+    # cell with tuned values (compared, not hashed: a dict)
+    tags: dict[str, str] = field(default_factory=dict, hash=False)
 
     @property
     def label(self) -> str:
@@ -76,6 +93,8 @@ class Spec:
     overrides: dict[str, Any]
     per_strategy: dict[str, dict[str, Any]]
     per_suite: dict[str, dict[str, Any]]
+    tuned_path: str | None = None  # the `tuned` file, as found (relative to the spec)
+    tuned: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # suite/strategy
 
     def cells(self) -> list[Cell]:
         """The grid, suites x strategies x seeds, in that order (so a suite's cells run
@@ -95,14 +114,20 @@ class Spec:
         budget = su.pop("budget", None) or self.budget
         sets.update({k: _text(v) for k, v in su.items()})
         for k, v in self.per_strategy.get(strategy, {}).items():  # dotted keys: run settings
-            sets[k if "." in k else f"strategy.{k}"] = _text(v)
+            sets[_strategy_key(k)] = _text(v)
+        tuned = self.tuned.get(suite, {}).get(strategy)
         where = f"{self.path}: cell {suite}/{strategy}/seed {seed}"
+        tags = {}
+        if tuned is not None:
+            sets.update({k: _text(v) for k, v in tuned.items()})
+            tags[TUNED_TAG] = Path(self.tuned_path).name
+            where += f" (with the tuned values of {self.tuned_path} [{suite}.{strategy}])"
         try:
             cfg = build_config(suite, strategy, seed=seed,
                                budget=parse_budget(budget) if budget else None, sets=sets)
         except ConfigError as e:
             raise SpecError(f"{where}: {e}") from None
-        return Cell(cfg, cell_key(cfg))
+        return Cell(cfg, cell_key(cfg), tags)
 
 
 def cell_key(cfg: RunConfig) -> str:
@@ -116,6 +141,20 @@ def _text(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     return str(v)
+
+
+def _strategy_key(k: str) -> str:
+    """A ``[strategy.NAME]`` key as a dotted run key (an undotted one is the strategy's knob)."""
+    return k if "." in k else f"strategy.{k}"
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Two spec values set the same thing (numbers compared as numbers)."""
+    num = (int, float)
+    if isinstance(a, num) and isinstance(b, num) and not isinstance(a, bool) \
+            and not isinstance(b, bool):
+        return float(a) == float(b)
+    return _text(a) == _text(b)
 
 
 def _names(value: Any, key: str, allowed: list[str], path: str) -> tuple[str, ...]:
@@ -194,8 +233,12 @@ def load_spec(path: str | Path) -> Spec:
     for sname, table in per_suite.items():
         if "budget" in table:
             _check_budget(table["budget"], f"suite.{sname}.budget", where)
+    tuned_path, tuned = None, {}
+    if "tuned" in raw:
+        tuned_path, tuned = _load_tuned(raw["tuned"], p, where)
+        _check_tuned_conflicts(tuned, tuned_path, per_strategy, per_suite, su, st, where)
     spec = Spec(where, name.strip(), su, st, seed_list, budget, objective, overrides,
-                per_strategy, per_suite)
+                per_strategy, per_suite, tuned_path, tuned)
     spec.cells()  # resolve every cell now: a bad knob fails before anything runs
     return spec
 
@@ -220,3 +263,79 @@ def _per_name(value: Any, key: str, names: tuple[str, ...], where: str) -> dict:
                             f"entries; allowed: {', '.join(names)}")
         out[n] = _table(table, f"{key}.{n}", where)
     return out
+
+
+TUNED_FORMAT = ('tables [SUITE.STRATEGY] of dotted run keys with single values, e.g. '
+                '[digits.memory-bank] "optim.lr" = 0.0012, as `negbench tune --export` writes')
+
+
+def _load_tuned(value: Any, spec_path: Path, where: str) -> tuple[str, dict]:
+    """Read and check the file a spec's ``tuned`` names: (its path as shown, suite -> strategy
+    -> dotted key -> value)."""
+    if not isinstance(value, str) or not value.strip():
+        raise SpecError(f"{where}: tuned must be a file name (a `negbench tune --export` file, "
+                        "relative to this spec), e.g. tuned = \"tuned.toml\"")
+    path = Path(value)
+    if not path.is_absolute():
+        path = spec_path.parent / path
+    shown = str(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise SpecError(f"{where}: tuned: {shown}: no such file (write it with `negbench tune "
+                        "--export FILE`; a relative path is relative to the spec)") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpecError(f"{where}: tuned: {shown}: cannot read it ({type(e).__name__})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise SpecError(f"{where}: tuned: {shown}: not valid TOML ({e}); expected "
+                        f"{TUNED_FORMAT}") from None
+    suite_names, strategy_names = suites.names(), strategies.names()
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for su, per in raw.items():
+        if su not in suite_names:
+            raise SpecError(f"{where}: tuned: {shown}: [{su}] is not a suite; allowed: "
+                            f"{', '.join(suite_names)} ({TUNED_FORMAT})")
+        if not isinstance(per, dict):
+            raise SpecError(f"{where}: tuned: {shown}: {su} must hold tables [{su}.STRATEGY] "
+                            f"({TUNED_FORMAT})")
+        for st, table in per.items():
+            if st not in strategy_names:
+                raise SpecError(f"{where}: tuned: {shown}: [{su}.{st}]: {st!r} is not a "
+                                f"strategy; allowed: {', '.join(strategy_names)}")
+            if not isinstance(table, dict):
+                raise SpecError(f"{where}: tuned: {shown}: {su}.{st} must be a table "
+                                f"[{su}.{st}] ({TUNED_FORMAT})")
+            for k, v in table.items():
+                if isinstance(v, dict | list):
+                    raise SpecError(f"{where}: tuned: {shown}: [{su}.{st}] {k!r} must be a "
+                                    "single value (a number, string or boolean)")
+                head = k.split(".")[0]
+                if "." not in k or head in ("budget", "eval", "seed", "suite_cfg",
+                                            "strategy_cfg"):
+                    raise SpecError(f"{where}: tuned: {shown}: [{su}.{st}] {k!r}: allowed keys "
+                                    "are dotted run keys such as optim.lr, "
+                                    "objective.temperature, strategy.KNOB, suite.KNOB (not "
+                                    "the budget, the seed or eval.*)")
+            out.setdefault(su, {})[st] = dict(table)
+    return shown, out
+
+
+def _check_tuned_conflicts(tuned: dict, tuned_path: str, per_strategy: dict, per_suite: dict,
+                           su: tuple[str, ...], st: tuple[str, ...], where: str) -> None:
+    """A key both a tuned table and the spec's own table for that strategy or suite set, to
+    different values, is an error naming both places."""
+    for suite in su:
+        for strategy in st:
+            values = tuned.get(suite, {}).get(strategy)
+            if not values:
+                continue
+            mine = [(f"[strategy.{strategy}]", {_strategy_key(k): v for k, v in
+                                                per_strategy.get(strategy, {}).items()}),
+                    (f"[suite.{suite}]", per_suite.get(suite, {}))]
+            for key, value in values.items():
+                for place, table in mine:
+                    if key in table and not _same(table[key], value):
+                        raise SpecError(
+                            f"{where}: {place} sets {key} = {table[key]!r}, and the tuned "
+                            f"file {tuned_path} [{suite}.{strategy}] sets {key} = {value!r}; "
+                            "remove one of them")
