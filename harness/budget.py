@@ -14,12 +14,18 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 
 from harness.config import BudgetConfig, OptimConfig
 
 
 class Budget:
-    def __init__(self, cfg: BudgetConfig, batch_size: int):
+    def __init__(self, cfg: BudgetConfig, batch_size: int,
+                 sync: Callable[[], None] | None = None):
+        """``sync``: waits for the device's queued work (``torch.cuda.synchronize``); a
+        ``seconds`` budget calls it before reading the clock, so that it times the device's
+        work rather than the host's queueing of it (one sync per step, for that kind only)."""
+        self._sync = sync if cfg.kind == "seconds" else None
         self.kind = cfg.kind
         self.total = float(cfg.amount)
         self.batch_size = batch_size
@@ -72,8 +78,18 @@ class Budget:
             self._flops_per_sample = flops / samples
         self.seconds = self._elapsed()
 
+    def exclude(self, seconds: float) -> None:
+        """Leave ``seconds`` just spent (an evaluation at a checkpoint) out of a ``seconds``
+        budget."""
+        if self._t0 is not None:
+            self._t0 += seconds
+
     def _elapsed(self) -> float:
-        return 0.0 if self._t0 is None else time.perf_counter() - self._t0
+        if self._t0 is None:
+            return 0.0
+        if self._sync is not None:
+            self._sync()
+        return time.perf_counter() - self._t0
 
 
 def learning_rate(cfg: OptimConfig, fraction: float) -> float:

@@ -2,6 +2,15 @@
 
 The step (DESIGN.md), with no host sync inside it: the data stays on the device, views are made
 there, meters accumulate there, and the host reads them back only every ``log_every`` steps.
+
+Checkpoints (for tuning): :func:`run` can call a hook when the budget spent first reaches given
+fractions (``checkpoints``, e.g. 0.25, 0.5, 0.75); the hook evaluates the encoder as it is there
+(:meth:`Trainer.knn_accuracy`), returns metrics to log at that point of the history, and may end
+the run early on purpose by raising :class:`RunStopped` (a pruned trial). Time spent in the hook
+is evaluation: it counts neither in ``wall_seconds`` nor against a ``seconds`` budget.
+
+A run evaluated on the validation split (``eval.split=val``, as tuning does) never holds the test
+split: the trainer drops it after loading, so nothing in such a run can read it.
 """
 
 from __future__ import annotations
@@ -32,6 +41,20 @@ HARD_NEGATIVE_ID = -1  # dataset id of a supervised hard negative: not a trainin
 
 class RunFailed(RuntimeError):
     """A run that could not finish (diverged, broke the strategy contract, ...)."""
+
+
+class RunStopped(Exception):
+    """Raised by a checkpoint hook to end a run early on purpose (a pruned tuning trial).
+
+    :func:`run` records it as no failure: it logs ``metrics`` at the point reached, sets ``tags``
+    on the run, ends it KILLED (it did not spend its budget) with no ``failure`` tag, and raises
+    it again to its caller."""
+
+    def __init__(self, reason: str, tags: dict[str, str] | None = None,
+                 metrics: dict[str, float] | None = None):
+        super().__init__(reason)
+        self.tags = dict(tags or {})
+        self.metrics = dict(metrics or {})
 
 
 def with_hard_negatives(negs: Negatives, h: torch.Tensor) -> Negatives:
@@ -141,6 +164,8 @@ class Trainer:
         self.gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
         self.suite = suites.create(cfg.suite, cfg.suite_cfg, data_dir=data_dir)
         self.data = self.suite.load()
+        if cfg.eval.split != "test":  # evaluated on val (tuning): the test split is not held
+            self.data = dataclasses.replace(self.data, test=None)
         self.train_split = self.data.train.to(self.device)
         self.n_train = len(self.train_split)
         if cfg.batch_size > self.n_train:
@@ -174,6 +199,7 @@ class Trainer:
         self._loss_steps = 0
         self.history: list[dict[str, float]] = []
         self.train_seconds = 0.0
+        self.checkpoint_seconds = 0.0  # time in checkpoint hooks: evaluation, not training
         self._last_log = (0, 0.0)  # (samples, seconds) at the last log
         self.lr = 0.0
 
@@ -321,23 +347,56 @@ class Trainer:
         self.history.append(point)
         return point
 
-    def train(self, on_log: Callable[[dict[str, float]], None] | None = None) -> None:
+    def train(self, on_log: Callable[[dict[str, float]], None] | None = None,
+              checkpoints: tuple[float, ...] = (),
+              on_checkpoint: Callable[[Trainer, float], None] | None = None) -> None:
+        """Spend the budget. ``on_checkpoint(trainer, fraction)`` is called after the step where
+        the budget spent first reaches one of the ``checkpoints`` (fractions in (0, 1)), after
+        that step's log point when it has one, with that fraction (the largest, when one step
+        passes several; none once the budget is spent: the final evaluation follows). Its time
+        is excluded from ``train_seconds`` and from a ``seconds`` budget."""
         cfg = self.cfg
         self.encoder.train()
         self.budget.start()
         t0 = time.perf_counter()
         self._last_log = (0, t0)
+        todo = sorted(f for f in checkpoints if 0.0 < f < 1.0)
         while (b := self.budget.next_batch_size()) > 0:
             self.step(b)
             if self.budget.steps % cfg.log_every == 0 or self.budget.done:
                 point = self.log_point()
                 if on_log is not None:
                     on_log(point)
+            if todo and self.budget.fraction >= todo[0] and not self.budget.done:
+                while todo and self.budget.fraction >= todo[0]:
+                    reached = todo.pop(0)
+                if on_checkpoint is not None:
+                    self._checkpoint(on_checkpoint, reached)
         if self._loss_steps:
             point = self.log_point()
             if on_log is not None:
                 on_log(point)
-        self.train_seconds = time.perf_counter() - t0
+        self.train_seconds = time.perf_counter() - t0 - self.checkpoint_seconds
+
+    def _checkpoint(self, hook: Callable[[Trainer, float], None], fraction: float) -> None:
+        t = time.perf_counter()
+        try:
+            with self.clock.phase("eval"):
+                hook(self, fraction)
+        finally:
+            dt = time.perf_counter() - t
+            self.checkpoint_seconds += dt
+            self.budget.exclude(dt)  # the hook's time does not count against a seconds budget
+            self._last_log = (self._last_log[0], self._last_log[1] + dt)
+            self.encoder.train()
+
+    def knn_accuracy(self, split: str) -> float:
+        """kNN top-1 of the encoder as it is now on ``split`` (``val`` for tuning): the cheap
+        evaluation of a checkpoint (no linear probe, no suite extras)."""
+        from harness.evaluate import knn_accuracy
+
+        return knn_accuracy(self.encoder, self.suite, self.data_on_device(), split,
+                            self.cfg.eval)
 
     def finish(self) -> dict[str, float]:
         with self.clock.phase("eval"):
@@ -371,23 +430,33 @@ class Trainer:
     def data_on_device(self):
         d = self.data
         return type(d)(train=self.train_split, val=d.val.to(self.device),
-                       test=d.test.to(self.device), n_classes=d.n_classes,
-                       class_names=d.class_names)
+                       test=None if d.test is None else d.test.to(self.device),
+                       n_classes=d.n_classes, class_names=d.class_names)
 
 
 def run(cfg: RunConfig, *, tracking_uri: str | None = None, experiment: str = "negbench",
         track: bool = True, data_dir: str | None = None,
         on_log: Callable[[dict[str, float]], None] | None = None,
-        extra_tags: dict[str, str] | None = None) -> RunResult:
-    """Train, evaluate and (with ``track``) record one run in mlflow."""
+        extra_tags: dict[str, str] | None = None, run_name: str | None = None,
+        checkpoints: tuple[float, ...] = (),
+        on_checkpoint: Callable[[Trainer, float], dict[str, float] | None] | None = None,
+        on_tracked: Callable[[str], None] | None = None) -> RunResult:
+    """Train, evaluate and (with ``track``) record one run in mlflow.
+
+    ``on_checkpoint(trainer, fraction)`` runs at each of the ``checkpoints`` (see
+    :meth:`Trainer.train`); the metrics it returns are logged at that point (step = samples
+    seen), and it may raise :class:`RunStopped` to end the run early. ``on_tracked(run_id)`` is
+    called as soon as the mlflow run exists (before training)."""
     trainer = Trainer(cfg, data_dir=data_dir)
     tracker = None
     if track:
         tracker = Tracker(tracking_uri, experiment)
         tags = run_tags(cfg, device_label(trainer.device))
         tags.update(extra_tags or {})
-        tracker.start(f"{cfg.suite}/{cfg.strategy}/seed{cfg.seed}", cfg.flat(), tags)
+        tracker.start(run_name or f"{cfg.suite}/{cfg.strategy}/seed{cfg.seed}", cfg.flat(), tags)
         tracker.log_json("config.json", cfg.to_dict())
+        if on_tracked is not None:
+            on_tracked(tracker.run_id)
 
     def log(point: dict[str, Any]) -> None:
         if tracker is not None:
@@ -396,9 +465,20 @@ def run(cfg: RunConfig, *, tracking_uri: str | None = None, experiment: str = "n
         if on_log is not None:
             on_log(point)
 
+    def checkpoint(tr: Trainer, fraction: float) -> None:
+        point = on_checkpoint(tr, fraction) if on_checkpoint is not None else None
+        if point and tracker is not None:
+            tracker.log_metrics(point, step=int(tr.budget.samples))
+
     try:
-        trainer.train(on_log=log)
+        trainer.train(on_log=log, checkpoints=checkpoints, on_checkpoint=checkpoint)
         metrics = trainer.finish()
+    except RunStopped as e:
+        if tracker is not None:
+            tracker.log_metrics(e.metrics, step=int(trainer.budget.samples))
+            tracker.set_tags(e.tags)
+            tracker.end("KILLED")
+        raise
     except BaseException as e:
         if tracker is not None:
             reason = f"{type(e).__name__}: {e}"
