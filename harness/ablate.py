@@ -99,7 +99,7 @@ def run_cells(spec: Spec, cells: list[Cell], *, tracking_uri: str | None,
             r = run(cell.config, tracking_uri=tracking_uri, experiment=spec.name,
                     data_dir=data_dir, on_log=on_log,
                     extra_tags={CELL_TAG: cell.key, SPEC_TAG: spec.name,
-                                **getattr(cell, "tags", {})})
+                                **cell.tags})
         except (RunFailed, StrategyError, FloatingPointError, RuntimeError, ValueError) as e:
             reason = f"{type(e).__name__}: {e}"
             emit("failed", cell, reason=reason)

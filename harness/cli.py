@@ -130,8 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "path")
     p.add_argument("--no-progress", action="store_true", help="no live view")
 
+    from harness.tune import add_parser as add_tune_parser
     from reports.cli import add_parser as add_report_parser
 
+    add_tune_parser(sub)
     add_report_parser(sub)
 
     sub.add_parser("strategies", help="list the registered strategies",
@@ -548,7 +550,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     inherited = os.environ.get("NEGBENCH_COMMAND")
     os.environ["NEGBENCH_COMMAND"] = inherited or shlex.join(["negbench", *argv])
     try:
-        return COMMANDS.get(args.command, getattr(args, "handler", None))(args)
+        handler = COMMANDS.get(args.command) or args.handler  # tune, report: their modules'
+        return handler(args)
     except (ConfigError, RegistryError, SuiteError, StrategyError, SpecError, _UserError) as e:
         sys.stderr.write(f"negbench {args.command}: error: {e}\n")
         return EXIT_USAGE

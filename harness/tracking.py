@@ -78,17 +78,29 @@ class Tracker:
             Path(self.uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         self._mlflow = mlflow
         self.client = MlflowClient(tracking_uri=self.uri)
-        exp = self.client.get_experiment_by_name(experiment)
-        if exp is None:
-            loc = None
-            if self.uri.startswith("sqlite:///"):
-                db = Path(self.uri[len("sqlite:///"):])
-                loc = (db.parent / "artifacts").resolve().as_uri()
-            self.experiment_id = self.client.create_experiment(experiment, artifact_location=loc)
-        else:
-            self.experiment_id = exp.experiment_id
+        self.experiment_id = self._experiment(experiment)
         self.run_id: str | None = None
         self._pending: list = []  # asynchronous metric writes not yet known to be stored
+
+    def _experiment(self, name: str) -> str:
+        """The experiment's id, created if missing. Processes that start together race to
+        create it: the losers find it made and look it up again."""
+        from mlflow.exceptions import MlflowException
+
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        loc = None
+        if self.uri.startswith("sqlite:///"):
+            db = Path(self.uri[len("sqlite:///"):])
+            loc = (db.parent / "artifacts").resolve().as_uri()
+        try:
+            return self.client.create_experiment(name, artifact_location=loc)
+        except MlflowException:
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            return exp.experiment_id
 
     def start(self, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
         from mlflow.entities import Param

@@ -291,7 +291,7 @@ def work(spec: Spec, cells: list[Cell], queue: Queue, *, tracking_uri: str | Non
             emit("progress", cell, fraction=point["budget_fraction"], loss=point["loss"])
 
         tags = {CELL_TAG: key, SPEC_TAG: spec.name, WORKER_TAG: me,
-                TRIAL_TAG: f"{study.study_name}#{trial.number}", **getattr(cell, 'tags', {})}
+                TRIAL_TAG: f"{study.study_name}#{trial.number}", **cell.tags}
         with _Heartbeat(study._storage, trial._trial_id, queue.heartbeat):
             try:
                 r = run(cell.config, tracking_uri=tracking_uri, experiment=spec.name,
