@@ -196,10 +196,13 @@ def cmd_run(args) -> int:
 
     cfg = _config(args, args.suite, args.strategy, args.seed)
     console = _console()
-    with _progress(console, args.no_progress) as progress:
+    lead = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 alone reports
+    with _progress(console, args.no_progress or not lead) as progress:
         task = progress.add_task(f"{cfg.suite}/{cfg.strategy} seed {cfg.seed}", total=100,
                                  stats="")
         result = _run_one(cfg, args, args.experiment or "negbench", progress, task)
+    if not lead:
+        return 0
     if args.json:
         print(json.dumps({"run_id": result.run_id, **result.metrics}, sort_keys=True))
     else:

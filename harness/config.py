@@ -89,6 +89,25 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class SpeedConfig:
+    """How the encoder is executed; part of every run's config, so that runs under the same
+    budget compare like with like (a bf16 run does not pose as an fp32 one).
+
+    ``precision=bf16`` runs the encoders under ``torch.autocast`` with bfloat16 (meant for GPUs;
+    a CPU without bf16 units runs it, slowly); strategies, objective and meters stay in float32.
+    ``channels_last`` stores image batches and a CNN's weights channels-last (no effect on text).
+    ``compile`` trains through ``torch.compile`` of the encoder (needs a C++ compiler on CPU)."""
+
+    precision: str = "fp32"  # fp32 | bf16
+    channels_last: bool = False
+    compile: bool = False
+
+    def __post_init__(self):
+        if self.precision not in ("fp32", "bf16"):
+            raise ConfigError(f"speed.precision must be fp32 or bf16; got {self.precision!r}")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     suite: str
     strategy: str
@@ -98,6 +117,7 @@ class RunConfig:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
     log_every: int = 20  # steps between host syncs (meters, progress, tracking)
     device: str = "auto"
     strategy_cfg: Any = None

@@ -27,6 +27,7 @@ import torch
 
 import strategies
 import suites
+from harness import distributed
 from harness.budget import Budget, learning_rate
 from harness.config import ConfigError, RunConfig
 from harness.cost import CostMeter, PhaseClock, peak_host_mb, probe_flops
@@ -159,7 +160,10 @@ class Trainer:
                               "config with harness.config.build_config, which fills in the "
                               "suite's defaults")
         self.cfg = cfg
+        self.dist = distributed.from_env()  # None in one process; see harness.distributed
         self.device = resolve_device(cfg.device)
+        if self.dist is not None and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
         torch.manual_seed(cfg.seed)
         self.gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
         self.suite = suites.create(cfg.suite, cfg.suite_cfg, data_dir=data_dir)
@@ -172,6 +176,14 @@ class Trainer:
             raise ConfigError(f"batch_size {cfg.batch_size} exceeds the {self.n_train} training "
                               f"items of {cfg.suite}")
         self.encoder = self.suite.build_encoder().to(self.device)
+        sp = cfg.speed
+        self.bf16 = sp.precision == "bf16"
+        if sp.channels_last:
+            self.encoder = self.encoder.to(memory_format=torch.channels_last)
+        if self.dist is not None:
+            if self.device.type == "cuda":  # batch norm over the global batch
+                self.encoder = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.encoder)
+            distributed.broadcast_module(self.encoder, self.dist)
         self.strategy = strategies.create(cfg.strategy, cfg.strategy_cfg,
                                           dim=self.encoder.out_dim,
                                           n_train=self.n_train).to(self.device)
@@ -180,6 +192,8 @@ class Trainer:
         if m is not None:
             self.key_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
         self.momentum = m
+        # the training forward: compiled when asked (the same parameters as self.encoder)
+        self.train_encoder = torch.compile(self.encoder) if sp.compile else self.encoder
         o = cfg.optim
         params = list(self.encoder.parameters())
         if o.name == "adamw":
@@ -190,7 +204,8 @@ class Trainer:
         self.objective = make_objective(cfg.objective)
         probe_x = self.suite.prepare(self.train_split.x[: min(64, self.n_train)])
         self.cost = CostMeter(*probe_flops(self.encoder, probe_x))
-        self.budget = Budget(cfg.budget, cfg.batch_size)
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else None
+        self.budget = Budget(cfg.budget, cfg.batch_size, sync=sync)
         self.meter = NegativeMeter(self.train_split.y)
         self.clock = PhaseClock(self.device)
         self._perm = torch.randperm(self.n_train, generator=self.gen, device=self.device)
@@ -202,22 +217,34 @@ class Trainer:
         self.checkpoint_seconds = 0.0  # time in checkpoint hooks: evaluation, not training
         self._last_log = (0, 0.0)  # (samples, seconds) at the last log
         self.lr = 0.0
+        self.last_loss: torch.Tensor | None = None  # the last step's loss (on the device)
+        self.last_negs: Negatives | None = None  # and its negatives
 
     # -- what a strategy may ask for
+    def _forward(self, module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """``module(x)`` under the run's speed options; float32 embeddings out."""
+        if self.cfg.speed.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if not self.bf16:
+            return module(x)
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16):
+            return module(x).float()
+
     def _encode(self, ids: torch.Tensor, grad: bool) -> torch.Tensor:
         v = self.suite.view(self.train_split.x[ids], self.gen)
         n = ids.shape[0]
         if grad:
             self.cost.trained_samples += n
-            return self.encoder(v)
+            return self._forward(self.train_encoder, v)
         self.cost.nograd_encodes += n
         with torch.no_grad():
-            return (self.key_encoder or self.encoder)(v)
+            return self._forward(self.key_encoder or self.encoder, v)
 
     @torch.no_grad()
     def _encode_all(self) -> torch.Tensor:
         """Un-augmented projections of the whole training set (an index refresh), eval mode."""
         self.cost.nograd_encodes += self.n_train
+        self._sync_buffers()
         return embed(self.key_encoder or self.encoder, self.suite, self.train_split.x,
                      projection=True)
 
@@ -240,11 +267,19 @@ class Trainer:
     def _encode_together(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
         """The encoder on each view with gradients: one call on their concatenation when their
         shapes allow (one pass of the weights, one set of kernels), else one call each."""
+        enc = self.train_encoder
         if len(views) == 1:
-            return [self.encoder(views[0])]
+            return [self._forward(enc, views[0])]
         if all(v.shape[1:] == views[0].shape[1:] for v in views):
-            return list(self.encoder(torch.cat(views)).split([v.shape[0] for v in views]))
-        return [self.encoder(v) for v in views]
+            z = self._forward(enc, torch.cat(views))
+            return list(z.split([v.shape[0] for v in views]))
+        return [self._forward(enc, v) for v in views]
+
+    def _sync_buffers(self) -> None:
+        """Rank 0's buffers (batch-norm running statistics) on every rank, before the encoder
+        runs in eval mode (an index refresh, an evaluation). Every rank must call it."""
+        if self.dist is not None:
+            distributed.broadcast_module(self.encoder, self.dist)
 
     def _next_ids(self, b: int) -> torch.Tensor:
         if self._pos + b > self.n_train:  # new epoch; the tail is dropped so ids never repeat
@@ -269,15 +304,22 @@ class Trainer:
             group["lr"] = self.lr
         with clock.phase("forward_backward"):
             hard = [] if vh is None else [vh]  # a supervised hard negative: trained too
+            d = self.dist
+            if d is not None:  # this rank encodes its share of the global batch
+                lo, hi = d.span(b)
+                v1, v2, hard = v1[lo:hi], v2[lo:hi], [v[lo:hi] for v in hard]
             if self.key_encoder is None:
                 q, k, *h = self._encode_together([v1, v2, *hard])  # (B, D) each
                 cost.trained_samples += (2 + len(hard)) * b
             else:
                 q, *h = self._encode_together([v1, *hard])
                 with torch.no_grad():
-                    k = self.key_encoder(v2)
+                    k = self._forward(self.key_encoder, v2)
                 cost.trained_samples += (1 + len(hard)) * b
                 cost.nograd_encodes += b
+            if d is not None:  # the global batch on every rank, gradients kept
+                q, k = distributed.gather_rows(q, d, b), distributed.gather_rows(k, d, b)
+                h = [distributed.gather_rows(x, d, b) for x in h]
         with clock.phase("mining"):
             negs = self.strategy.select(q, k, ctx)
             if h:
@@ -286,6 +328,8 @@ class Trainer:
             out = self.objective(negs)
             self.opt.zero_grad(set_to_none=True)
             out.loss.backward()
+            if self.dist is not None:
+                distributed.average_gradients(list(self.encoder.parameters()), self.dist)
             self.opt.step()
             cost.objective_flops += objective_flops(negs)
         with clock.phase("update"):
@@ -296,6 +340,7 @@ class Trainer:
             self.strategy.update(q.detach(), k.detach(), ctx)
             if self.key_encoder is not None:
                 self._momentum_update()
+        self.last_loss, self.last_negs = out.loss.detach(), negs
         cost.state_bytes = max(cost.state_bytes, self.strategy.state_bytes())
         self.budget.charge(b, cost.flops() - before)
 
@@ -361,7 +406,9 @@ class Trainer:
         t0 = time.perf_counter()
         self._last_log = (0, t0)
         todo = sorted(f for f in checkpoints if 0.0 < f < 1.0)
-        while (b := self.budget.next_batch_size()) > 0:
+        if todo and self.dist is not None:
+            raise ConfigError("checkpoints (tuning) are not supported in a distributed run")
+        while (b := self._next_batch()) > 0:
             self.step(b)
             if self.budget.steps % cfg.log_every == 0 or self.budget.done:
                 point = self.log_point()
@@ -377,6 +424,17 @@ class Trainer:
             if on_log is not None:
                 on_log(point)
         self.train_seconds = time.perf_counter() - t0 - self.checkpoint_seconds
+
+    def _next_batch(self) -> int:
+        """The next step's global batch size, 0 when the budget is spent. Ranks agree by
+        construction on every kind but ``seconds``, whose clock rank 0 reads for all (one
+        broadcast per step, in distributed runs with a seconds budget only)."""
+        b = self.budget.next_batch_size()
+        if self.dist is not None and self.budget.kind == "seconds":
+            t = torch.tensor([b], device=self.device)
+            torch.distributed.broadcast(t, src=0)
+            b = int(t.item())
+        return b
 
     def _checkpoint(self, hook: Callable[[Trainer, float], None], fraction: float) -> None:
         t = time.perf_counter()
@@ -399,6 +457,8 @@ class Trainer:
                             self.cfg.eval)
 
     def finish(self) -> dict[str, float]:
+        """Evaluate (every rank of a distributed run, on the same model) and sum up the run."""
+        self._sync_buffers()
         with self.clock.phase("eval"):
             acc = evaluate(self.encoder, self.suite, self.data_on_device(), self.cfg.eval,
                            self.cfg.seed)
@@ -446,12 +506,17 @@ def run(cfg: RunConfig, *, tracking_uri: str | None = None, experiment: str = "n
     ``on_checkpoint(trainer, fraction)`` runs at each of the ``checkpoints`` (see
     :meth:`Trainer.train`); the metrics it returns are logged at that point (step = samples
     seen), and it may raise :class:`RunStopped` to end the run early. ``on_tracked(run_id)`` is
-    called as soon as the mlflow run exists (before training)."""
+    called as soon as the mlflow run exists (before training).
+
+    In a distributed run (``torchrun``; see :mod:`harness.distributed`) every rank trains and
+    evaluates the same model; rank 0 alone records the run, and ``world_size`` says how many
+    processes it took."""
     trainer = Trainer(cfg, data_dir=data_dir)
     tracker = None
-    if track:
+    if track and (trainer.dist is None or trainer.dist.main):
         tracker = Tracker(tracking_uri, experiment)
         tags = run_tags(cfg, device_label(trainer.device))
+        tags["world_size"] = str(trainer.dist.world if trainer.dist else 1)
         tags.update(extra_tags or {})
         tracker.start(run_name or f"{cfg.suite}/{cfg.strategy}/seed{cfg.seed}", cfg.flat(), tags)
         tracker.log_json("config.json", cfg.to_dict())
@@ -459,9 +524,9 @@ def run(cfg: RunConfig, *, tracking_uri: str | None = None, experiment: str = "n
             on_tracked(tracker.run_id)
 
     def log(point: dict[str, Any]) -> None:
-        if tracker is not None:
+        if tracker is not None:  # in the background: the loop does not wait for the store
             tracker.log_metrics({k: v for k, v in point.items() if k != "samples_seen"},
-                                step=int(point["samples_seen"]))
+                                step=int(point["samples_seen"]), background=True)
         if on_log is not None:
             on_log(point)
 
