@@ -87,6 +87,11 @@ class CostMeter:
             "cost_state_bytes": self.state_bytes,
             "cost_adversary_updates": self.adversary_updates,
             "flops": self.flops(),
+            # the FLOPs by phase (they add up to flops)
+            "flops_encoder_train": self.trained_samples * self.f_train,
+            "flops_encoder_nograd": self.nograd_encodes * self.f_fwd,
+            "flops_mining": 2.0 * self.mining_macs,
+            "flops_objective": float(self.objective_flops),
         }
 
 

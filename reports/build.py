@@ -269,11 +269,16 @@ def build_section(suite: str, budget: str, df: pd.DataFrame) -> Section:
         rows.append([v, *(fmt(means[v][m.key], m.fmt, m.scale) for m in cost_metrics),
                      " & ".join(on) or "–"])
         data["strategies"][v]["means"] = means[v]
+    devices = sorted({str(t.get("device", "not recorded")) for t in df["tags"]})
+    worlds = sorted({str(t.get("world_size", "1")) for t in df["tags"]})
+    measured = (f"Cost measured on: {', '.join(devices)}"
+                + (f" ({' or '.join(worlds)} processes per run)" if worlds != ["1"] else "")
+                + ". ")
     tables.append(Table("cost", "Negatives and cost", headers, rows,
-                        note="means over seeds. FNR: share of selected negatives with the "
-                             "anchor's class; hardness: mean cosine similarity of anchor and "
-                             "negative; wall-clock: training only. Pareto front: no other "
-                             "strategy has higher kNN accuracy at no more FLOPs (or "
+                        note=measured + "Means over seeds. FNR: share of selected negatives "
+                             "with the anchor's class; hardness: mean cosine similarity of "
+                             "anchor and negative; wall-clock: training only. Pareto front: "
+                             "no other strategy has higher kNN accuracy at no more FLOPs (or "
                              "wall-clock).",
                         align=["l"] + ["r"] * len(cost_metrics) + ["l"]))
 
