@@ -8,7 +8,9 @@ never reach the strategy.
 - **instance collisions**: pool entries outside the step's own views holding the anchor's own
   instance (always excluded from the negatives; counted apart, per anchor).
 - **FNR by hardness decile**: pairs are binned by similarity into a fine histogram on the device;
-  decile edges and per-decile FNR are read from it when a snapshot is taken.
+  decile edges and per-decile FNR are read from it when a snapshot is taken. The histogram takes
+  the pairs of the first 64 anchors of each step (the batch is a random draw, so these are a
+  random sample of the step's pairs); FNR and hardness themselves count every pair.
 
 Everything accumulates in device tensors; :meth:`NegativeMeter.snapshot` is the only host sync
 and the harness calls it at log intervals.
@@ -22,6 +24,7 @@ from torch import Tensor
 from strategies import Negatives
 
 BINS = 1000  # similarity histogram over [-1, 1] for the hardness deciles
+HIST_ANCHORS = 64  # anchors per step whose pairs enter that histogram
 
 # accumulator slots
 _PAIRS, _FN, _W, _WFN, _SIM, _COLL, _ANCH = range(7)
@@ -57,26 +60,46 @@ class NegativeMeter:
     def observe(self, negs: Negatives, sim: Tensor) -> None:
         """Account one step's selection; ``sim`` is the (A, P|K) cosine similarity matrix."""
         dt = self.dtype
-        fn = false_negative_matrix(negs, self.labels)  # (A, P|K)
-        sel = negs.selected().to(fn.dtype)  # (A, P|K)
+        sel = negs.selected()  # (A, P|K) bool
         weights = negs.candidate_weights()
-        w = sel if weights is None else sel * weights.to(fn.dtype)
-        fn_sel = fn * sel
         own = negs.own_instance() & (negs.candidate_rows() >= negs.batch_views)  # (A, P|K)
+        n_anchors = torch.tensor(negs.num_anchors, dtype=dt, device=sel.device)
+        if negs.sources is None and negs.extra_sources is None:
+            # real candidates only: every pair is a false negative or not, so counts of bools
+            # (no float (A, P) copies); weights, when given, are summed over the same masks
+            la = self.labels[negs.anchor_ids]  # (A,)
+            cid = negs.candidate_ids()  # (1, P) or (A, W)
+            fn_sel = (la[:, None] == self.labels[cid.clamp_min(0)]) & (cid >= 0) & sel  # (A, W)
+            pairs = torch.count_nonzero(sel).to(dt)
+            fns = torch.count_nonzero(fn_sel).to(dt)
+            if weights is None:
+                w_sum, wfn_sum = pairs, fns
+            else:
+                w = weights.to(sim.dtype) * sel  # (A, W)
+                w_sum, wfn_sum = w.sum(dtype=dt), (w * fn_sel).sum(dtype=dt)
+            hist_fn = fn_sel
+        else:
+            fn = false_negative_matrix(negs, self.labels)  # (A, P|K) in [0, 1]
+            self_sel = sel.to(fn.dtype)
+            w = self_sel if weights is None else self_sel * weights.to(fn.dtype)
+            fn_f = fn * self_sel
+            pairs, fns = self_sel.sum(dtype=dt), fn_f.sum(dtype=dt)
+            w_sum, wfn_sum = w.sum(dtype=dt), (fn * w).sum(dtype=dt)
+            hist_fn = fn_f
         step = torch.stack([
-            sel.sum(dtype=dt),
-            fn_sel.sum(dtype=dt),
-            w.sum(dtype=dt),
-            (fn * w).sum(dtype=dt),
+            pairs, fns, w_sum, wfn_sum,
             (sim * sel).sum(dtype=dt),
             torch.count_nonzero(own).to(dt),
-            torch.tensor(negs.num_anchors, dtype=dt, device=sel.device),
+            n_anchors,
         ])
         self.acc += step
+        # FNR by hardness decile: from the first HIST_ANCHORS anchors of each step (a random
+        # batch, so an unbiased sample of the pairs), which keeps the histogram's cost flat in A
+        r = min(sel.shape[0], HIST_ANCHORS)
         # via int32: a float -> int64 conversion costs 20x more on some CPUs
-        b = ((sim + 1.0) * (0.5 * BINS)).to(torch.int32).clamp_(0, BINS - 1).long().flatten()
-        self.hist[0].scatter_add_(0, b, sel.flatten().to(dt))
-        self.hist[1].scatter_add_(0, b, fn_sel.flatten().to(dt))
+        b = ((sim[:r] + 1.0) * (0.5 * BINS)).to(torch.int32).clamp_(0, BINS - 1).long()  # (r, W)
+        self.hist[0].scatter_add_(0, b.flatten(), sel[:r].flatten().to(dt))
+        self.hist[1].scatter_add_(0, b.flatten(), hist_fn[:r].flatten().to(dt))
 
     @staticmethod
     def _ratios(a: Tensor) -> dict[str, float]:
