@@ -9,8 +9,9 @@ loss, a contract violation, ...) is recorded FAILED with its reason, and the oth
 tried again on the next run of the spec.
 
 Local workers (``--workers N``) are child processes, each with its share of the CPU threads (or
-one GPU each where several exist), taking cells i, i + N, i + 2N, ...: a fixed split, so no two
-workers ever run the same cell, and each skips what is already done.
+one GPU each where several exist), taking cells from one work queue as they become free (the
+queue of ``negbench worker``, in a sqlite file made for the call), so no two workers run the same
+cell and a long cell does not hold back the others' share; each skips what is already done.
 """
 
 from __future__ import annotations
@@ -156,39 +157,50 @@ def worker_env(i: int, n: int) -> dict[str, str]:
     return env
 
 
-def spawn_workers(spec_path: str, n: int, tracking_uri: str | None, data_dir: str | None,
-                  on_line: Callable[[int, dict], None]) -> list[int]:
-    """Start ``n`` child processes (``negbench ablate SPEC --shard i/n --events``), pass each
-    JSON event line to ``on_line(i, event)``, and return their exit codes."""
-    procs = []
-    for i in range(n):
-        cmd = [sys.executable, "-m", "harness.cli", "ablate", spec_path, "--shard", f"{i}/{n}",
-               "--events"]
-        if tracking_uri:
-            cmd += ["--tracking-uri", tracking_uri]
-        if data_dir:
-            cmd += ["--data-dir", data_dir]
-        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True,
-                                      env=worker_env(i, n)))
+def spawn_workers(spec: Spec, spec_path: str, n: int, tracking_uri: str | None,
+                  data_dir: str | None, on_line: Callable[[int, dict], None]) -> list[int]:
+    """Start ``n`` child processes (``negbench ablate SPEC --queue URL --events``) that take
+    cells from one work queue (:mod:`harness.worker`, in a sqlite file made for this call) as
+    they become free, pass each JSON event line to ``on_line(i, event)``, and return their exit
+    codes."""
+    import shutil
+    import tempfile
 
-    def pump(i: int, p: subprocess.Popen) -> None:
-        for line in p.stdout:
-            try:
-                on_line(i, json.loads(line))
-            except json.JSONDecodeError:
-                continue
+    from harness import worker as W
 
-    threads = [threading.Thread(target=pump, args=(i, p), daemon=True)
-               for i, p in enumerate(procs)]
-    for t in threads:
-        t.start()
-    codes = [p.wait() for p in procs]
-    for t in threads:
-        t.join(timeout=5)
-    return codes
+    tmp = tempfile.mkdtemp(prefix="negbench-queue-")
+    try:
+        url = f"sqlite:///{tmp}/queue.db"
+        W.open_queue(spec, spec.cells(), url, tracking_uri)  # the tables, before the children
+        procs = []
+        for i in range(n):
+            cmd = [sys.executable, "-m", "harness.cli", "ablate", spec_path, "--queue", url,
+                   "--events"]
+            if tracking_uri:
+                cmd += ["--tracking-uri", tracking_uri]
+            if data_dir:
+                cmd += ["--data-dir", data_dir]
+            procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True,
+                                          env=worker_env(i, n)))
+
+        def pump(i: int, p: subprocess.Popen) -> None:
+            for line in p.stdout:
+                try:
+                    on_line(i, json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+
+        threads = [threading.Thread(target=pump, args=(i, p), daemon=True)
+                   for i, p in enumerate(procs)]
+        for t in threads:
+            t.start()
+        codes = [p.wait() for p in procs]
+        for t in threads:
+            t.join(timeout=5)
+        return codes
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
-def shard(cells: list[Cell], i: int, n: int) -> list[Cell]:
-    return cells[i::n]
 
 

@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="end by writing the experiment's comparison report (as `negbench "
                         "report --experiment NAME`) and printing its path")
     p.add_argument("--no-progress", action="store_true", help="no live view")
-    p.add_argument("--shard", default=None, help=argparse.SUPPRESS)  # i/n: a local worker
+    p.add_argument("--queue", default=None, help=argparse.SUPPRESS)  # URL: a local worker
     p.add_argument("--events", action="store_true", help=argparse.SUPPRESS)
 
     p = sub.add_parser("worker", help="join an ablation's shared work queue (any machine)",
@@ -357,8 +357,6 @@ class _UserError(ValueError):
 
 
 def cmd_ablate(args) -> int:
-    import os
-
     from rich.table import Table
 
     from harness import ablate as A
@@ -369,18 +367,21 @@ def cmd_ablate(args) -> int:
     cells = spec.cells()
     if args.workers < 1:
         raise _UserError("--workers must be >= 1")
-    if args.shard is not None:  # a local worker: its share, events as JSON lines on stdout
-        i, n = (int(x) for x in args.shard.split("/"))
+    if args.queue is not None:  # a local worker: cells from the queue, events as JSON lines
+        from harness import worker as W
+
         if os.environ.get("NEGBENCH_THREADS"):
             import torch
 
             torch.set_num_threads(int(os.environ["NEGBENCH_THREADS"]))
 
         def event(kind, cell, info):
-            print(json.dumps({"event": kind, "cell": cell.label, **info}), flush=True)
+            if cell is not None:
+                print(json.dumps({"event": kind, "cell": cell.label, **info}), flush=True)
 
-        A.run_cells(spec, A.shard(cells, i, n), tracking_uri=args.tracking_uri,
-                    data_dir=args.data_dir, on_event=event)
+        queue = W.open_queue(spec, cells, args.queue, args.tracking_uri)
+        W.work(spec, cells, queue, tracking_uri=args.tracking_uri, data_dir=args.data_dir,
+               poll=1.0, on_event=event)
         return 0
     console = _console()
     done = A.completed(args.tracking_uri, spec.name)
@@ -430,8 +431,8 @@ def cmd_ablate(args) -> int:
                         on_event=lambda kind, cell, info: on_event(
                             0, {"event": kind, "cell": cell.label, **info}))
         else:
-            codes = A.spawn_workers(args.spec, args.workers, args.tracking_uri, args.data_dir,
-                                    on_event)
+            codes = A.spawn_workers(spec, args.spec, args.workers, args.tracking_uri,
+                                    args.data_dir, on_event)
             for w, code in enumerate(codes):
                 if code != 0:
                     failures[f"worker {w}"] = f"exited with status {code}"
