@@ -73,12 +73,14 @@ def fmt_p(p: float) -> str:
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
-def fmt_interval(iv: stats.Interval, m: Metric) -> str:
-    """``mean ± half-width``; one seed: the value and that no interval can be given."""
+def fmt_interval(iv: stats.Interval, m: Metric, mark_single: bool = True) -> str:
+    """``mean ± half-width``; one seed: the value and that no interval can be given (said once
+    in the table's note instead, with ``mark_single`` False, when every row has one seed)."""
     if iv.n == 0:
         return "–"
     if iv.half is None:
-        return f"{fmt(iv.mean, m.fmt, m.scale)} (1 seed: no interval)"
+        value = fmt(iv.mean, m.fmt, m.scale)
+        return f"{value} (1 seed: no interval)" if mark_single else value
     if iv.half == 0:
         return f"{fmt(iv.mean, m.fmt, m.scale)} ± {fmt(0.0, m.fmt)} ({iv.n} equal values)"
     return f"{fmt(iv.mean, m.fmt, m.scale)} ± {fmt(iv.half, m.fmt, m.scale)}"
@@ -195,19 +197,23 @@ def build_section(suite: str, budget: str, df: pd.DataFrame) -> Section:
     # ranking
     headers = ["rank", "strategy", "seeds", *(m.header for m in ranked_metrics)]
     rows = []
+    all_single = all(len(g) == 1 for g in groups.values())
     for i, v in enumerate(order, 1):
         g = groups[v]
         seeds = sorted(int(s) for s in g["seed"])
         rows.append([str(i), v, str(len(seeds)),
-                     *(fmt_interval(intervals[v][m.key], m) for m in ranked_metrics)])
+                     *(fmt_interval(intervals[v][m.key], m, not all_single)
+                       for m in ranked_metrics)])
         data["strategies"][v] = {
             "strategy": str(g["strategy"].iloc[0]), "tuned": str(g["tuned"].iloc[0]),
             "seeds": seeds, "run_ids": list(g["run_id"]),
             **{m.key: intervals[v][m.key].as_dict() for m in ranked_metrics}}
     tables.append(Table("ranking", "Ranking by kNN accuracy", headers, rows,
-                        note="mean over seeds ± half-width of its 95% Student-t confidence "
-                             "interval (t with n − 1 degrees of freedom); with one seed no "
-                             "interval can be given.",
+                        note=("one seed per strategy: the values of single runs; no interval "
+                              "can be given." if all_single else
+                              "mean over seeds ± half-width of its 95% Student-t confidence "
+                              "interval (t with n − 1 degrees of freedom); with one seed no "
+                              "interval can be given."),
                         align=["r", "l", "r"] + ["r"] * len(ranked_metrics)))
     one_seed = [v for v in order if len(groups[v]) == 1]
     if one_seed:
