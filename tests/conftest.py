@@ -8,6 +8,7 @@ the suites' real data is exercised by the end-to-end tests.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -48,3 +49,15 @@ def make_ctx(ids: torch.Tensor, table: Table, *, step: int = 0, fraction: float 
 @pytest.fixture
 def table() -> Table:
     return Table(300, 16)
+
+
+def write_spec(tmp_path: Path, text: str, name: str = "spec.toml") -> str:
+    """An ablation spec file with ``text`` under ``tmp_path``; its path."""
+    p = tmp_path / name
+    p.write_text(text)
+    return str(p)
+
+
+def mlflow_uri(tmp_path: Path) -> str:
+    """A fresh sqlite mlflow store under ``tmp_path``."""
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import mlflow_uri as uri
+from conftest import write_spec as write
 from mlflow import MlflowClient
 
 from harness import ablate as A
@@ -27,16 +29,6 @@ budget = "samples=768"
 "batch_size" = 128
 "eval.linear_epochs" = 10
 '''
-
-
-def write(tmp_path: Path, text: str, name: str = "spec.toml") -> str:
-    p = tmp_path / name
-    p.write_text(text)
-    return str(p)
-
-
-def uri(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
 def runs(tmp_path: Path, experiment: str) -> list:

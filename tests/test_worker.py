@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import mlflow_uri
+from conftest import write_spec as write
 from mlflow import MlflowClient
 
 from harness import worker as W
@@ -35,16 +37,6 @@ budget = "samples=1024"
 "batch_size" = 128
 "eval.linear_epochs" = 10
 '''
-
-
-def write(tmp_path: Path, text: str, name: str = "spec.toml") -> str:
-    p = tmp_path / name
-    p.write_text(text)
-    return str(p)
-
-
-def mlflow_uri(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
 def finished_runs(uri: str, experiment: str) -> list:
