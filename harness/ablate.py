@@ -65,22 +65,55 @@ def completed(uri: str | None, experiment: str) -> dict[str, object]:
             if CELL_TAG in r.data.tags}
 
 
-def close_stale(uri: str | None, experiment: str) -> int:
-    """Mark the runs a killed ablation left RUNNING as KILLED; how many there were."""
+def close_runs(uri: str | None, experiment: str, which: Callable[[dict], bool],
+               reason: str) -> int:
+    """Mark the RUNNING runs of ``experiment`` whose tags satisfy ``which`` as KILLED, with
+    ``reason`` as their failure; how many there were."""
     client = _client(uri)
-    stale = [r for r in _runs(uri, experiment, "RUNNING") if CELL_TAG in r.data.tags]
+    stale = [r for r in _runs(uri, experiment, "RUNNING") if which(r.data.tags)]
     for r in stale:
-        client.set_tag(r.info.run_id, "failure", "the process running it was killed")
+        client.set_tag(r.info.run_id, "failure", reason)
         client.set_terminated(r.info.run_id, status="KILLED")
     return len(stale)
+
+
+def close_stale(uri: str | None, experiment: str) -> int:
+    """Mark the runs a killed ablation left RUNNING as KILLED; how many there were."""
+    return close_runs(uri, experiment, lambda tags: CELL_TAG in tags,
+                      "the process running it was killed")
+
+
+def run_cell(spec: Spec, cell: Cell, *, tracking_uri: str | None, data_dir: str | None,
+             emit: Callable[..., None], tags: dict[str, str] | None = None
+             ) -> tuple[dict[str, float] | None, str | None]:
+    """Run one cell, tracked with its key; ``emit(kind, cell, **info)`` hears its start,
+    progress and end. (its metrics, None), or (None, the reason) when it failed: a failure is
+    recorded in the tracking store and raised no further."""
+    from harness.runner import RunFailed, run
+    from strategies import StrategyError
+
+    emit("start", cell)
+
+    def on_log(point) -> None:
+        emit("progress", cell, fraction=point["budget_fraction"], loss=point["loss"])
+
+    try:
+        r = run(cell.config, tracking_uri=tracking_uri, experiment=spec.name,
+                data_dir=data_dir, on_log=on_log,
+                extra_tags={CELL_TAG: cell.key, SPEC_TAG: spec.name, **cell.tags,
+                            **(tags or {})})
+    except (RunFailed, StrategyError, FloatingPointError, RuntimeError, ValueError) as e:
+        reason = f"{type(e).__name__}: {e}"
+        emit("failed", cell, reason=reason)
+        return None, reason
+    emit("done", cell, wall=r.metrics.get("wall_seconds", math.nan))
+    return r.metrics, None
 
 
 def run_cells(spec: Spec, cells: list[Cell], *, tracking_uri: str | None,
               data_dir: str | None = None,
               on_event: Callable[[str, Cell, dict], None] | None = None) -> None:
     """Run ``cells`` one after another in this process, skipping completed ones."""
-    from harness.runner import RunFailed, run
-    from strategies import StrategyError
 
     def emit(kind: str, cell: Cell, **info) -> None:
         if on_event is not None:
@@ -91,21 +124,7 @@ def run_cells(spec: Spec, cells: list[Cell], *, tracking_uri: str | None,
         if cell.key in done:
             emit("skipped", cell)
             continue
-        emit("start", cell)
-
-        def on_log(point, cell=cell):
-            emit("progress", cell, fraction=point["budget_fraction"], loss=point["loss"])
-
-        try:
-            r = run(cell.config, tracking_uri=tracking_uri, experiment=spec.name,
-                    data_dir=data_dir, on_log=on_log,
-                    extra_tags={CELL_TAG: cell.key, SPEC_TAG: spec.name,
-                                **cell.tags})
-        except (RunFailed, StrategyError, FloatingPointError, RuntimeError, ValueError) as e:
-            reason = f"{type(e).__name__}: {e}"
-            emit("failed", cell, reason=reason)
-            continue
-        emit("done", cell, wall=r.metrics.get("wall_seconds", math.nan))
+        run_cell(spec, cell, tracking_uri=tracking_uri, data_dir=data_dir, emit=emit)
 
 
 def audit(spec: Spec, uri: str | None) -> list[str]:
@@ -157,8 +176,9 @@ def worker_env(i: int, n: int) -> dict[str, str]:
     return env
 
 
-def spawn_workers(spec: Spec, spec_path: str, n: int, tracking_uri: str | None,
-                  data_dir: str | None, on_line: Callable[[int, dict], None]) -> list[int]:
+def spawn_workers(spec: Spec, cells: list[Cell], spec_path: str, n: int,
+                  tracking_uri: str | None, data_dir: str | None,
+                  on_line: Callable[[int, dict], None]) -> list[int]:
     """Start ``n`` child processes (``negbench ablate SPEC --queue URL --events``) that take
     cells from one work queue (:mod:`harness.worker`, in a sqlite file made for this call) as
     they become free, pass each JSON event line to ``on_line(i, event)``, and return their exit
@@ -171,7 +191,7 @@ def spawn_workers(spec: Spec, spec_path: str, n: int, tracking_uri: str | None,
     tmp = tempfile.mkdtemp(prefix="negbench-queue-")
     try:
         url = f"sqlite:///{tmp}/queue.db"
-        W.open_queue(spec, spec.cells(), url, tracking_uri)  # the tables, before the children
+        W.open_queue(spec, cells, url, tracking_uri)  # the tables, before the children
         procs = []
         for i in range(n):
             cmd = [sys.executable, "-m", "harness.cli", "ablate", spec_path, "--queue", url,

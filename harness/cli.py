@@ -27,6 +27,14 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
+def add_tracking_uri(p: argparse.ArgumentParser, example: str = "") -> None:
+    """``--tracking-uri``, alike in every command that reads or writes runs."""
+    eg = f", e.g. {example}" if example else ""
+    p.add_argument("--tracking-uri", default=None,
+                   help=f"mlflow tracking URI{eg} (default: $MLFLOW_TRACKING_URI, else "
+                        "sqlite:///negbench-runs/mlflow.db)")
+
+
 def _add_run_args(p: argparse.ArgumentParser, single: bool = True) -> None:
     if single:
         p.add_argument("--suite", required=True, help="suite name (see `negbench suites`)")
@@ -41,9 +49,7 @@ def _add_run_args(p: argparse.ArgumentParser, single: bool = True) -> None:
                         "strategy.K=512, suite.width=16, batch_size=128 (repeatable)")
     p.add_argument("--data-dir", default=None, help="where a suite looks for its data first")
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1, mps")
-    p.add_argument("--tracking-uri", default=None,
-                   help="mlflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
-                        "sqlite:///negbench-runs/mlflow.db)")
+    add_tracking_uri(p)
     p.add_argument("--experiment", default=None, help="mlflow experiment name")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -91,9 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true",
                    help="show the grid and what is already done, run nothing")
     p.add_argument("--data-dir", default=None, help="where suites look for their data first")
-    p.add_argument("--tracking-uri", default=None,
-                   help="mlflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
-                        "sqlite:///negbench-runs/mlflow.db)")
+    add_tracking_uri(p)
     p.add_argument("--report", action="store_true",
                    help="end by writing the experiment's comparison report (as `negbench "
                         "report --experiment NAME`) and printing its path")
@@ -115,9 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the queue's optuna storage, e.g. "
                         "postgresql+psycopg2://user:password@host/negbench (or a sqlite:/// "
                         "file for processes on one machine)")
-    p.add_argument("--tracking-uri", default=None,
-                   help="mlflow tracking URI, e.g. http://host:5000 (default: "
-                        "$MLFLOW_TRACKING_URI, else sqlite:///negbench-runs/mlflow.db)")
+    add_tracking_uri(p, example="http://host:5000")
     p.add_argument("--data-dir", default=None, help="where suites look for their data first")
     p.add_argument("--heartbeat", type=int, default=20, metavar="S",
                    help="seconds between a running cell's heartbeats (default 20)")
@@ -356,6 +358,32 @@ class _UserError(ValueError):
     pass
 
 
+def _thread_share() -> None:
+    """This process's share of the CPU threads, where whoever started several workers on one
+    host set it (``NEGBENCH_THREADS``)."""
+    if os.environ.get("NEGBENCH_THREADS"):
+        import torch
+
+        torch.set_num_threads(int(os.environ["NEGBENCH_THREADS"]))
+
+
+def _show_cell(progress, row, who: str, kind: str, label: str, info: dict,
+               failures: dict[str, str]) -> bool:
+    """A cell's event on a worker's progress row (``who``: how the row names the worker);
+    True when the cell ended (done or failed), whose failure goes into ``failures``."""
+    if kind == "start":
+        progress.update(row, description=f"{who}: {label}", completed=0, stats="")
+    elif kind == "progress":
+        progress.update(row, completed=100 * info["fraction"], stats=f"loss {info['loss']:.3f}")
+    elif kind in ("done", "failed"):
+        progress.update(row, completed=100,
+                        stats="done" if kind == "done" else "[red]failed[/red]")
+        if kind == "failed":
+            failures[label] = info["reason"]
+        return True
+    return False
+
+
 def cmd_ablate(args) -> int:
     from rich.table import Table
 
@@ -370,10 +398,7 @@ def cmd_ablate(args) -> int:
     if args.queue is not None:  # a local worker: cells from the queue, events as JSON lines
         from harness import worker as W
 
-        if os.environ.get("NEGBENCH_THREADS"):
-            import torch
-
-            torch.set_num_threads(int(os.environ["NEGBENCH_THREADS"]))
+        _thread_share()
 
         def event(kind, cell, info):
             if cell is not None:
@@ -412,26 +437,16 @@ def cmd_ablate(args) -> int:
                 for w in range(args.workers)}
 
         def on_event(w: int, ev: dict) -> None:
-            kind, label = ev["event"], ev["cell"]
-            if kind == "start":
-                progress.update(rows[w], description=f"worker {w}: {label}", completed=0,
-                                stats="")
-            elif kind == "progress":
-                progress.update(rows[w], completed=100 * ev["fraction"],
-                                stats=f"loss {ev['loss']:.3f}")
-            elif kind in ("done", "failed"):
+            if _show_cell(progress, rows[w], f"worker {w}", ev["event"], ev["cell"], ev,
+                          failures):
                 progress.advance(overall)
-                progress.update(rows[w], completed=100,
-                                stats="done" if kind == "done" else "[red]failed[/red]")
-                if kind == "failed":
-                    failures[label] = ev["reason"]
 
         if args.workers == 1:
             A.run_cells(spec, cells, tracking_uri=args.tracking_uri, data_dir=args.data_dir,
                         on_event=lambda kind, cell, info: on_event(
                             0, {"event": kind, "cell": cell.label, **info}))
         else:
-            codes = A.spawn_workers(spec, args.spec, args.workers, args.tracking_uri,
+            codes = A.spawn_workers(spec, cells, args.spec, args.workers, args.tracking_uri,
                                     args.data_dir, on_event)
             for w, code in enumerate(codes):
                 if code != 0:
@@ -445,10 +460,7 @@ def cmd_worker(args) -> int:
 
     spec = load_spec(args.spec)
     cells = spec.cells()
-    if os.environ.get("NEGBENCH_THREADS"):  # set by whoever starts several workers on one host
-        import torch
-
-        torch.set_num_threads(int(os.environ["NEGBENCH_THREADS"]))
+    _thread_share()
     if args.max_cells is not None and args.max_cells < 1:
         raise _UserError("--max-cells must be >= 1")
     try:
@@ -470,17 +482,8 @@ def cmd_worker(args) -> int:
             if kind == "queue":
                 progress.update(grid, completed=info["finished"],
                                 stats=f"{info['running']} running, {info['todo']} to start")
-            elif kind == "start":
-                progress.update(mine, description=f"this worker: {cell.label}", completed=0,
-                                stats="")
-            elif kind == "progress":
-                progress.update(mine, completed=100 * info["fraction"],
-                                stats=f"loss {info['loss']:.3f}")
-            elif kind in ("done", "failed"):
-                progress.update(mine, completed=100,
-                                stats="done" if kind == "done" else "[red]failed[/red]")
-                if kind == "failed":
-                    failures[cell.label] = info["reason"]
+            elif cell is not None:
+                _show_cell(progress, mine, "this worker", kind, cell.label, info, failures)
 
         ran = W.work(spec, cells, queue, tracking_uri=args.tracking_uri, data_dir=args.data_dir,
                      max_cells=args.max_cells, on_event=on_event)

@@ -109,6 +109,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.cli import add_tracking_uri
 from harness.config import BudgetConfig, ConfigError, RunConfig, build_config
 from strategies.base import Choice, Float, Int
 
@@ -948,9 +949,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         "--storage to FILE (TOML) and exit")
     p.add_argument("--data-dir", default=None, help="where a suite looks for its data first")
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1, mps")
-    p.add_argument("--tracking-uri", default=None,
-                   help="mlflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
-                        "sqlite:///negbench-runs/mlflow.db)")
+    add_tracking_uri(p)
     p.add_argument("--experiment", default=DEFAULT_EXPERIMENT,
                    help="mlflow experiment of the studies' runs (default tune)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

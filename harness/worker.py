@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from harness.spec import Cell, Spec
 
 PARAM = "cell"
+MAX_RETRY = 3  # how often a dead or interrupted worker's cell is handed out again
 TRIAL_TAG = "negbench.trial"
 WORKER_TAG = "negbench.worker"
 
@@ -77,10 +78,14 @@ def open_queue(spec: Spec, cells: list[Cell], storage_url: str, tracking_uri: st
         logging.getLogger(name).setLevel(logging.WARNING)
     if grace <= heartbeat:
         raise ValueError(f"the grace period ({grace} s) must exceed the heartbeat ({heartbeat} s)")
-    retry = RetryHeartbeatStaleTrialCallback(max_retry=3)
+    retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
 
     def on_stale(study, trial) -> None:  # a dead worker's cell: close its mlflow run, retry it
-        _close_runs_of(tracking_uri, spec.name, f"{study.study_name}#{trial.number}")
+        from harness.ablate import close_runs
+
+        ref = _trial_ref(study, trial)
+        close_runs(tracking_uri, spec.name, lambda tags: tags.get(TRIAL_TAG) == ref,
+                   "the worker running it stopped responding")
         retry(study, trial)
 
     storage = _storage(storage_url, heartbeat, grace, on_stale)
@@ -141,14 +146,9 @@ def _GridQueue(search_space, seed):  # noqa: N802 - a class made on first use (o
     return _grid_queue_class()(search_space, seed=seed)
 
 
-def _close_runs_of(tracking_uri: str | None, experiment: str, trial_ref: str) -> None:
-    from harness.ablate import _client, _runs
-
-    client = _client(tracking_uri)
-    for r in _runs(tracking_uri, experiment, "RUNNING"):
-        if r.data.tags.get(TRIAL_TAG) == trial_ref:
-            client.set_tag(r.info.run_id, "failure", "the worker running it stopped responding")
-            client.set_terminated(r.info.run_id, status="KILLED")
+def _trial_ref(study, trial) -> str:
+    """The TRIAL_TAG value of the mlflow run a trial runs."""
+    return f"{study.study_name}#{trial.number}"
 
 
 def _cell_of(trial) -> str | None:
@@ -248,9 +248,7 @@ def work(spec: Spec, cells: list[Cell], queue: Queue, *, tracking_uri: str | Non
     from optuna.storages import fail_stale_trials
     from optuna.trial import TrialState
 
-    from harness.ablate import CELL_TAG, SPEC_TAG, completed
-    from harness.runner import RunFailed, run
-    from strategies import StrategyError
+    from harness.ablate import completed, run_cell
 
     by_key = {c.key: c for c in cells}
     study = queue.study
@@ -285,30 +283,19 @@ def work(spec: Spec, cells: list[Cell], queue: Queue, *, tracking_uri: str | Non
             study.tell(trial, done.data.metrics.get("knn_acc", math.nan))
             emit("skipped", cell)
             continue
-        emit("start", cell)
-
-        def on_log(point, cell=cell):
-            emit("progress", cell, fraction=point["budget_fraction"], loss=point["loss"])
-
-        tags = {CELL_TAG: key, SPEC_TAG: spec.name, WORKER_TAG: me,
-                TRIAL_TAG: f"{study.study_name}#{trial.number}", **cell.tags}
+        tags = {WORKER_TAG: me, TRIAL_TAG: _trial_ref(study, trial)}
         with _Heartbeat(study._storage, trial._trial_id, queue.heartbeat):
             try:
-                r = run(cell.config, tracking_uri=tracking_uri, experiment=spec.name,
-                        data_dir=data_dir, on_log=on_log, extra_tags=tags)
-            except (RunFailed, StrategyError, FloatingPointError, RuntimeError,
-                    ValueError) as e:
-                reason = f"{type(e).__name__}: {e}"
-                trial.set_user_attr("failure", reason[:4000])
-                study.tell(trial, state=TrialState.FAIL)
-                emit("failed", cell, reason=reason)
-                ran += 1
-                continue
+                metrics, reason = run_cell(spec, cell, tracking_uri=tracking_uri,
+                                           data_dir=data_dir, emit=emit, tags=tags)
             except BaseException:  # interrupted: hand the cell back now, not after the grace
                 _hand_back(study, trial)
                 raise
-        study.tell(trial, r.metrics.get("knn_acc", math.nan))
-        emit("done", cell, wall=r.metrics.get("wall_seconds", math.nan))
+        if metrics is None:
+            trial.set_user_attr("failure", reason[:4000])
+            study.tell(trial, state=TrialState.FAIL)
+        else:
+            study.tell(trial, metrics.get("knn_acc", math.nan))
         ran += 1
     return ran
 
@@ -320,7 +307,7 @@ def _hand_back(study, trial) -> None:
 
     try:
         study.tell(trial, state=TrialState.FAIL)
-        retry = RetryHeartbeatStaleTrialCallback(max_retry=3)
+        retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
         retry(study, study._storage.get_trial(trial._trial_id))
     except Exception:  # noqa: BLE001 - the storage is gone too: the heartbeat timeout will do it
         pass

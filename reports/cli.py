@@ -11,6 +11,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from harness.cli import add_tracking_uri
+
 DESCRIPTION = (
     "Write the comparison report of an experiment's tracked runs: per suite and budget, the "
     "strategies ranked by kNN and linear accuracy (mean and 95% confidence interval over "
@@ -31,9 +33,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, metavar="DIR",
                    help="where to write the report (default: "
                         "negbench-runs/reports/EXPERIMENT/)")
-    p.add_argument("--tracking-uri", default=None,
-                   help="mlflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
-                        "sqlite:///negbench-runs/mlflow.db)")
+    add_tracking_uri(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=cmd_report)
     return p
