@@ -60,19 +60,24 @@ def from_env() -> Dist | None:
     return Dist(rank, dist.get_world_size(), local)
 
 
+def _gather(x: Tensor, d: Dist, b: int) -> Tensor:
+    """(b, ...): every rank's span of the global batch, in rank order (no gradients)."""
+    spans = [Dist(r, d.world, 0).span(b) for r in range(d.world)]
+    m = max(hi - lo for lo, hi in spans)  # all_gather wants equal sizes: pad to the largest
+    pad = x.new_zeros((m - x.shape[0], *x.shape[1:]))
+    parts = [torch.empty((m, *x.shape[1:]), dtype=x.dtype, device=x.device)
+             for _ in range(d.world)]
+    dist.all_gather(parts, torch.cat([x, pad]).contiguous())
+    return torch.cat([p[:hi - lo] for p, (lo, hi) in zip(parts, spans, strict=True)])
+
+
 class _GatherRows(torch.autograd.Function):
-    """All ranks' rows in rank order; backward: the all-reduced gradient of the local rows."""
+    """:func:`_gather`; backward: the all-reduced gradient of the local rows."""
 
     @staticmethod
     def forward(ctx, x: Tensor, d: Dist, b: int) -> Tensor:
-        spans = [Dist(r, d.world, 0).span(b) for r in range(d.world)]
-        m = max(hi - lo for lo, hi in spans)
-        pad = x.new_zeros((m - x.shape[0], *x.shape[1:]))
-        parts = [torch.empty((m, *x.shape[1:]), dtype=x.dtype, device=x.device)
-                 for _ in range(d.world)]
-        dist.all_gather(parts, torch.cat([x, pad]).contiguous())
         ctx.d, ctx.b = d, b
-        return torch.cat([p[:hi - lo] for p, (lo, hi) in zip(parts, spans, strict=True)])
+        return _gather(x, d, b)
 
     @staticmethod
     def backward(ctx, g: Tensor):
@@ -86,12 +91,8 @@ def gather_rows(x: Tensor, d: Dist, b: int) -> Tensor:
     """(b, ...) from each rank's (its span of b, ...), differentiable."""
     if not x.requires_grad:
         with torch.no_grad():
-            return _GatherRows.forward(_NoCtx(), x, d, b)
+            return _gather(x, d, b)
     return _GatherRows.apply(x, d, b)
-
-
-class _NoCtx:
-    """A stand-in for autograd's ctx when gathering without gradients."""
 
 
 def average_gradients(params: list[torch.nn.Parameter], d: Dist) -> None:
@@ -109,8 +110,9 @@ def average_gradients(params: list[torch.nn.Parameter], d: Dist) -> None:
         i += n
 
 
-def broadcast_module(module: torch.nn.Module, d: Dist) -> None:
-    """Rank 0's parameters and buffers (e.g. batch-norm running statistics) on every rank."""
+def broadcast_module(module: torch.nn.Module, d: Dist, parameters: bool = True) -> None:
+    """Rank 0's buffers (e.g. batch-norm running statistics) on every rank, and with
+    ``parameters`` its parameters too (at the start; later they agree by construction)."""
     with torch.no_grad():
-        for t in [*module.parameters(), *module.buffers()]:
+        for t in [*(module.parameters() if parameters else ()), *module.buffers()]:
             dist.broadcast(t.data, src=0)

@@ -244,7 +244,7 @@ class Trainer:
     def _encode_all(self) -> torch.Tensor:
         """Un-augmented projections of the whole training set (an index refresh), eval mode."""
         self.cost.nograd_encodes += self.n_train
-        self._sync_buffers()
+        self._sync_buffers(self.key_encoder or self.encoder)
         return embed(self.key_encoder or self.encoder, self.suite, self.train_split.x,
                      projection=True)
 
@@ -275,11 +275,12 @@ class Trainer:
             return list(z.split([v.shape[0] for v in views]))
         return [self._forward(enc, v) for v in views]
 
-    def _sync_buffers(self) -> None:
-        """Rank 0's buffers (batch-norm running statistics) on every rank, before the encoder
-        runs in eval mode (an index refresh, an evaluation). Every rank must call it."""
-        if self.dist is not None:
-            distributed.broadcast_module(self.encoder, self.dist)
+    def _sync_buffers(self, module: torch.nn.Module | None = None) -> None:
+        """Rank 0's buffers (batch-norm running statistics) of ``module`` (the encoder) on
+        every rank, before it runs in eval mode (an index refresh, an evaluation). Every rank
+        must call it."""
+        if self.dist is not None:  # the parameters agree already: the same updates everywhere
+            distributed.broadcast_module(module or self.encoder, self.dist, parameters=False)
 
     def _next_ids(self, b: int) -> torch.Tensor:
         if self._pos + b > self.n_train:  # new epoch; the tail is dropped so ids never repeat
