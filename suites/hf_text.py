@@ -61,7 +61,6 @@ from __future__ import annotations
 import csv
 import html
 import importlib.util
-import json
 import os
 import re
 from collections.abc import Iterator
@@ -82,6 +81,7 @@ from suites.text import (
     TransformerConfig,
     encode_texts,
     fit,
+    json_lines,
     train_tokenizer,
 )
 
@@ -288,17 +288,10 @@ def read_ag_split(folder: Path, split: str, n_classes: int = 4) -> list[tuple[in
                              clean_ag(",".join(row[2:]))))
         return rows
     path = folder / f"{split}.jsonl"
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f):
-            if not line.strip():
-                continue
-            try:
-                r = json.loads(line)
-                rows.append((_ag_label(r["label"], path, n_classes), clean_ag(r["title"]),
-                             clean_ag(r["description"])))
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise SuiteError(f"ag-news: {path}, line {i + 1}: expected JSON with label, "
-                                 f"title, description ({type(e).__name__})") from None
+    rows.extend(json_lines(
+        path, lambda r: (_ag_label(r["label"], path, n_classes), clean_ag(r["title"]),
+                         clean_ag(r["description"])),
+        "ag-news", "label, title, description"))
     return rows
 
 

@@ -83,6 +83,7 @@ from suites.text import (
     TinyTransformer,
     TransformerConfig,
     encode_texts,
+    json_lines,
     token_dropout,
     train_tokenizer,
 )
@@ -142,17 +143,10 @@ def _norm(s) -> str:
 
 def read_nli(path: Path, default_genre: str) -> Iterator[tuple[str, str, str, str]]:
     """(premise, hypothesis, gold label, genre) of each JSON line of an SNLI/MultiNLI file."""
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f):
-            if not line.strip():
-                continue
-            try:
-                r = json.loads(line)
-                yield (_norm(r["sentence1"]), _norm(r["sentence2"]), str(r["gold_label"]),
-                       str(r.get("genre") or default_genre))
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise SuiteError(f"nli: {path}, line {i + 1}: expected JSON with gold_label, "
-                                 f"sentence1, sentence2 ({type(e).__name__})") from None
+    yield from json_lines(
+        path, lambda r: (_norm(r["sentence1"]), _norm(r["sentence2"]), str(r["gold_label"]),
+                         str(r.get("genre") or default_genre)),
+        "nli", "gold_label, sentence1, sentence2")
 
 
 def nli_triplets(rows: Iterable[tuple[str, str, str, str]], exclude: set[str] | None = None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,12 +18,30 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from suites.base import SuiteError
+
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL = (PAD, UNK, CLS, SEP, MASK)  # ids 0..4, in this order
 PAD_ID = 0
 
 
 # --------------------------------------------------------------------------- tokenizer
+def json_lines(path: Path, convert: Callable[[dict], tuple], suite: str,
+               expected: str) -> Iterator[tuple]:
+    """``convert(record)`` of each non-blank JSON line of ``path``; a line that is not JSON, or
+    lacks a field, is a SuiteError naming the suite, the file, the line and the ``expected``
+    fields."""
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            if not line.strip():
+                continue
+            try:
+                yield convert(json.loads(line))
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise SuiteError(f"{suite}: {path}, line {i + 1}: expected JSON with "
+                                 f"{expected} ({type(e).__name__})") from None
+
+
 def train_tokenizer(texts: Sequence[str], vocab_size: int, cache_dir: Path):
     """A lower-casing WordPiece tokenizer (``tokenizers``) with about ``vocab_size`` tokens,
     trained on ``texts`` once and cached under ``cache_dir`` by a hash of the texts and the size,
