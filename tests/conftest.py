@@ -61,3 +61,16 @@ def write_spec(tmp_path: Path, text: str, name: str = "spec.toml") -> str:
 def mlflow_uri(tmp_path: Path) -> str:
     """A fresh sqlite mlflow store under ``tmp_path``."""
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def experiment_runs(uri: str, experiment: str, status: str | None = None) -> list:
+    """The runs of ``experiment`` in the mlflow store at ``uri``, read back with mlflow's own
+    client (only those with ``status``, when given); none when there is no such experiment."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    flt = f"attributes.status = '{status}'" if status else ""
+    return client.search_runs([exp.experiment_id], flt, max_results=1000)

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import experiment_runs
 from conftest import mlflow_uri as uri
 from conftest import write_spec as write
 from mlflow import MlflowClient
@@ -32,9 +33,7 @@ budget = "samples=768"
 
 
 def runs(tmp_path: Path, experiment: str) -> list:
-    client = MlflowClient(tracking_uri=uri(tmp_path))
-    exp = client.get_experiment_by_name(experiment)
-    return [] if exp is None else client.search_runs([exp.experiment_id], max_results=1000)
+    return experiment_runs(uri(tmp_path), experiment)
 
 
 # --------------------------------------------------------------------------- validation

@@ -17,7 +17,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from mlflow import MlflowClient
+from conftest import experiment_runs
 
 from harness.cli import main as negbench
 from reports import stats
@@ -93,9 +93,7 @@ def ablation_report(store, tmp_path_factory):
 
 # --------------------------------------------------------------------------- reading back
 def tracked(uri: str, experiment: str):
-    c = MlflowClient(tracking_uri=uri)
-    exp = c.get_experiment_by_name(experiment)
-    return c.search_runs([exp.experiment_id], max_results=1000)
+    return experiment_runs(uri, experiment)
 
 
 def split_row(line: str) -> list[str]:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from conftest import experiment_runs
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
@@ -48,9 +49,7 @@ def study(d: Path, strategy: str, prefix: str = "tune") -> optuna.Study:
 
 
 def mlflow_runs(d: Path, experiment: str = "tune") -> list:
-    client = MlflowClient(tracking_uri=urls(d)[1])
-    exp = client.get_experiment_by_name(experiment)
-    return [] if exp is None else client.search_runs([exp.experiment_id], max_results=1000)
+    return experiment_runs(urls(d)[1], experiment)
 
 
 def trial_runs(d: Path, study_name: str) -> dict[int, object]:

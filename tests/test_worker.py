@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import mlflow_uri
+from conftest import experiment_runs, mlflow_uri
 from conftest import write_spec as write
 from mlflow import MlflowClient
 
@@ -40,12 +40,7 @@ budget = "samples=1024"
 
 
 def finished_runs(uri: str, experiment: str) -> list:
-    client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        return []
-    return client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'",
-                              max_results=1000)
+    return experiment_runs(uri, experiment, "FINISHED")
 
 
 def cells_of(runs: list) -> list[str]:
