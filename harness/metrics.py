@@ -9,8 +9,8 @@ never reach the strategy.
   instance (always excluded from the negatives; counted apart, per anchor).
 - **FNR by hardness decile**: pairs are binned by similarity into a fine histogram on the device;
   decile edges and per-decile FNR are read from it when a snapshot is taken. The histogram takes
-  the pairs of the first 64 anchors of each step (the batch is a random draw, so these are a
-  random sample of the step's pairs); FNR and hardness themselves count every pair.
+  the pairs of the first 64 anchors of every 4th step (the batch is a random draw, so these are
+  a random sample of the run's pairs); FNR and hardness themselves count every pair.
 
 Everything accumulates in device tensors; :meth:`NegativeMeter.snapshot` is the only host sync
 and the harness calls it at log intervals.
@@ -24,10 +24,14 @@ from torch import Tensor
 from strategies import Negatives
 
 BINS = 1000  # similarity histogram over [-1, 1] for the hardness deciles
-HIST_ANCHORS = 64  # anchors per step whose pairs enter that histogram
+HIST_ANCHORS = 64  # anchors per sampled step whose pairs enter that histogram
+HIST_EVERY = 4  # the histogram samples every 4th step (the first, the fifth, ...)
 
-# accumulator slots
-_PAIRS, _FN, _W, _WFN, _SIM, _COLL, _ANCH = range(7)
+# accumulator slots: counts (int64) and sums (float). An unweighted step of real candidates
+# (the common case) touches counts only: its weight sums are its pair counts, kept apart in
+# _UPAIRS/_UFN, so that no per-step conversion or second accumulator update is needed.
+_PAIRS, _FN, _COLL, _UPAIRS, _UFN = range(5)  # counts
+_FNF, _W, _WFN, _SIM = range(4)  # sums: fractional FN (synthesized candidates), weights, similarity
 
 
 def _acc_dtype(device: torch.device) -> torch.dtype:
@@ -47,76 +51,127 @@ def false_negative_matrix(negs: Negatives, labels: Tensor) -> Tensor:
     return (same * sw).sum(-1) / sw.sum(-1).clamp_min(1e-12)  # (A, P|K)
 
 
+def collisions(negs: Negatives) -> Tensor:
+    """() int64: pool entries past the step's own views, and extra candidates, that hold their
+    anchor's own instance (selected or not). Only those columns are compared: with nothing past
+    the views (in-batch) nothing is."""
+    a_ids, bv = negs.anchor_ids[:, None], negs.batch_views  # (A, 1)
+    if negs.index is None and bv == negs.pool_size and negs.extra_ids is None:
+        return torch.zeros((), dtype=torch.long, device=a_ids.device)  # nothing past the views
+    if negs.index is None:
+        n = torch.count_nonzero(a_ids == negs.pool_ids[None, bv:])  # (A, P - bv)
+    else:  # (A, K): the row test is needed per entry
+        n = torch.count_nonzero((a_ids == negs.pool_ids[negs.index]) & (negs.index >= bv))
+    if negs.extra_ids is not None:  # extras are rows past the pool
+        n = n + torch.count_nonzero(a_ids == negs.extra_ids)  # (A, S)
+    return n
+
+
 class NegativeMeter:
     def __init__(self, labels: Tensor):
         self.labels = labels  # (N_train,) on the run's device
         dev = labels.device
+        # the labels with -1 appended: indexed by a candidate id, -1 (not a training item, by
+        # the Negatives contract the only negative id) reads that -1, which no anchor has
+        self._label_of = torch.cat([labels, labels.new_full((1,), -1)])  # (N_train + 1,)
+        self.steps = 0
         self.dtype = _acc_dtype(dev)
-        self.acc = torch.zeros(7, dtype=self.dtype, device=dev)
-        self.hist = torch.zeros(2, BINS, dtype=self.dtype, device=dev)  # (count, fn) per bin
-        self._prev = torch.zeros(7, dtype=torch.float64)  # host copy at the last snapshot
+        self.counts = torch.zeros(5, dtype=torch.long, device=dev)
+        self.sums = torch.zeros(4, dtype=self.dtype, device=dev)
+        # per similarity bin: selected pairs that are not false negatives, then those that are
+        self.hist = torch.zeros(2 * BINS, dtype=self.dtype, device=dev)
+        self.anchors = 0  # a host count: shapes are known on the host
+        self._prev = torch.zeros(8, dtype=torch.float64)  # totals at the last snapshot
 
     @torch.no_grad()
     def observe(self, negs: Negatives, sim: Tensor) -> None:
-        """Account one step's selection; ``sim`` is the (A, P|K) cosine similarity matrix."""
+        """Account one step's selection; ``sim`` is the (A, P|K) cosine similarity matrix.
+
+        The harness calls it right after the objective's forward pass, while ``sim`` and the
+        mask are still in cache. Each (A, W) pass here costs about as much as one of the
+        objective's, and on a CPU each small op costs a few microseconds besides, so the path of
+        real, unweighted candidates (most strategies) makes few of either: the label comparison,
+        its conjunction with the selection, two counts, the masked similarity sum, and one
+        update of each accumulator."""
         dt = self.dtype
         sel = negs.selected()  # (A, P|K) bool
         weights = negs.candidate_weights()
-        own = negs.own_instance() & (negs.candidate_rows() >= negs.batch_views)  # (A, P|K)
-        n_anchors = torch.tensor(negs.num_anchors, dtype=dt, device=sel.device)
+        self.anchors += negs.num_anchors
+        # one fused pass with the 0/1 selection the objective converted already (a float*bool
+        # product converts the mask again); float32 within the step, float64 across steps
+        sim_sum = torch.dot(sim.reshape(-1), negs.selected_as(sim.dtype).reshape(-1))
+        coll = collisions(negs)
         if negs.sources is None and negs.extra_sources is None:
             # real candidates only: every pair is a false negative or not, so counts of bools
-            # (no float (A, P) copies); weights, when given, are summed over the same masks
             la = self.labels[negs.anchor_ids]  # (A,)
-            cid = negs.candidate_ids()  # (1, P) or (A, W)
-            fn_sel = (la[:, None] == self.labels[cid.clamp_min(0)]) & (cid >= 0) & sel  # (A, W)
-            pairs = torch.count_nonzero(sel).to(dt)
-            fns = torch.count_nonzero(fn_sel).to(dt)
+            lc = self._label_of[negs.candidate_ids()]  # (1, P) or (A, W); -1 for id -1
+            fn_sel = (la[:, None] == lc).logical_and_(sel)  # (A, W)
+            pairs, fns = torch.count_nonzero(sel), torch.count_nonzero(fn_sel)
             if weights is None:
-                w_sum, wfn_sum = pairs, fns
+                self.counts += torch.stack([pairs, fns, coll, pairs, fns])
+                self.sums.select(0, _SIM).add_(sim_sum)
             else:
                 w = weights.to(sim.dtype) * sel  # (A, W)
-                w_sum, wfn_sum = w.sum(dtype=dt), (w * fn_sel).sum(dtype=dt)
+                zero = torch.zeros_like(pairs)
+                self.counts += torch.stack([pairs, fns, coll, zero, zero])
+                self.sums += torch.stack([torch.zeros_like(sim_sum), w.sum(), (w * fn_sel).sum(),
+                                          sim_sum]).to(dt)
             hist_fn = fn_sel
         else:
             fn = false_negative_matrix(negs, self.labels)  # (A, P|K) in [0, 1]
             self_sel = sel.to(fn.dtype)
             w = self_sel if weights is None else self_sel * weights.to(fn.dtype)
             fn_f = fn * self_sel
-            pairs, fns = self_sel.sum(dtype=dt), fn_f.sum(dtype=dt)
-            w_sum, wfn_sum = w.sum(dtype=dt), (fn * w).sum(dtype=dt)
+            pairs = torch.count_nonzero(sel)
+            zero = torch.zeros_like(pairs)
+            self.counts += torch.stack([pairs, zero, coll, zero, zero])
+            self.sums += torch.stack([fn_f.sum(dtype=dt), w.sum(dtype=dt),
+                                      (fn * w).sum(dtype=dt), sim_sum.to(dt)])
             hist_fn = fn_f
-        step = torch.stack([
-            pairs, fns, w_sum, wfn_sum,
-            (sim * sel).sum(dtype=dt),
-            torch.count_nonzero(own).to(dt),
-            n_anchors,
-        ])
-        self.acc += step
-        # FNR by hardness decile: from the first HIST_ANCHORS anchors of each step (a random
-        # batch, so an unbiased sample of the pairs), which keeps the histogram's cost flat in A
+        # FNR by hardness decile: from the first HIST_ANCHORS anchors of every HIST_EVERY-th
+        # step (a random batch, so an unbiased sample of the pairs), which keeps the
+        # histogram's cost flat in A and small beside the step's
+        self.steps += 1
+        if (self.steps - 1) % HIST_EVERY:
+            return
         r = min(sel.shape[0], HIST_ANCHORS)
         # via int32: a float -> int64 conversion costs 20x more on some CPUs
-        b = ((sim[:r] + 1.0) * (0.5 * BINS)).to(torch.int32).clamp_(0, BINS - 1).long()  # (r, W)
-        self.hist[0].scatter_add_(0, b.flatten(), sel[:r].flatten().to(dt))
-        self.hist[1].scatter_add_(0, b.flatten(), hist_fn[:r].flatten().to(dt))
+        b = sim[:r].mul(0.5 * BINS).add_(0.5 * BINS).to(torch.int32).clamp_(0, BINS - 1)
+        if hist_fn.dtype == torch.bool:  # one scatter: a false negative's key is its bin + BINS
+            key = b.add_(hist_fn[:r], alpha=BINS).long().flatten()  # (r W,)
+            self.hist.scatter_add_(0, key, sel[:r].flatten().to(dt))
+        else:  # a fractional false negative splits its pair between the two halves
+            key = b.long().flatten()  # (r W,)
+            part = hist_fn[:r].flatten().to(dt)  # (r W,)
+            self.hist[BINS:].scatter_add_(0, key, part)
+            self.hist[:BINS].scatter_add_(0, key, sel[:r].flatten().to(dt) - part)
+
+    def _totals(self) -> Tensor:
+        """(8,) float64 on the host: pairs, FN, W, WFN, similarity sum, collisions, anchors."""
+        c = self.counts.to("cpu", copy=True).tolist()
+        f = self.sums.to("cpu", torch.float64, copy=True).tolist()
+        return torch.tensor([c[_PAIRS], c[_FN] + f[_FNF], f[_W] + c[_UPAIRS],
+                             f[_WFN] + c[_UFN], f[_SIM], c[_COLL], self.anchors, 0.0],
+                            dtype=torch.float64)
 
     @staticmethod
-    def _ratios(a: Tensor) -> dict[str, float]:
+    def _ratios(a: list[float]) -> dict[str, float]:
+        pairs, fn, w, wfn, sim, coll, anchors, _ = a
+
         def div(x: float, y: float) -> float:
             return x / y if y > 0 else float("nan")
 
         return {
-            "fnr": div(a[_FN], a[_PAIRS]),
-            "fnr_weighted": div(a[_WFN], a[_W]),
-            "hardness": div(a[_SIM], a[_PAIRS]),
-            "collisions_per_anchor": div(a[_COLL], a[_ANCH]),
-            "negatives_per_anchor": div(a[_PAIRS], a[_ANCH]),
+            "fnr": div(fn, pairs),
+            "fnr_weighted": div(wfn, w),
+            "hardness": div(sim, pairs),
+            "collisions_per_anchor": div(coll, anchors),
+            "negatives_per_anchor": div(pairs, anchors),
         }
 
     def snapshot(self) -> tuple[dict[str, float], dict[str, float]]:
         """(since the last snapshot, whole run so far). Syncs with the device."""
-        total = self.acc.to("cpu", torch.float64, copy=True)  # copy: on a CPU run .to() aliases
+        total = self._totals()
         interval = self._ratios((total - self._prev).tolist())
         self._prev = total
         return interval, self._ratios(total.tolist())
@@ -124,7 +179,8 @@ class NegativeMeter:
     def deciles(self) -> dict[str, list[float]]:
         """Hardness decile edges (similarity) and the FNR within each decile."""
         h = self.hist.to("cpu", torch.float64, copy=True)
-        count, fn = h[0], h[1]
+        fn = h[BINS:]
+        count = h[:BINS] + fn
         n = float(count.sum())
         if n == 0:
             return {"edges": [], "fnr": []}

@@ -84,8 +84,8 @@ class _ShiftedNCE(torch.autograd.Function):
             tot = tw.sum(1).clamp_min(torch.finfo(sim.dtype).tiny)  # (A,) 0 n: 0 weights
             wt = tw.mul_((n / tot).unsqueeze(1))  # (A, W) the tilt weights, mean 1
             ew = e * wt  # (A, W)
-        else:
-            ew = e * w  # (A, W)
+        else:  # in place unless the weights' gradient needs e itself
+            ew = e * w if ctx.needs_input_grad[2] else e.mul_(w)  # (A, W)
         big_s = ew.sum(1)  # (A,)
         e_pos = torch.exp((pos - 1.0) * c)  # (A,)
         if tp == 0.0:
@@ -133,7 +133,7 @@ def info_nce(negs: Negatives, temperature: float) -> ObjectiveOut:
     plain = negs.plain_weights()
     t, tp = negs.tilt, negs.tau_plus
     if 2.0 * (1.0 / tau + t) <= 80.0 and not (t and plain is not None):
-        w = sel.to(sim.dtype) if plain is None else sel * plain.to(sim.dtype)  # (A, W)
+        w = negs.selected_as(sim.dtype) if plain is None else sel * plain.to(sim.dtype)  # (A, W)
         # (A,) negatives per anchor; a bool row sum straight into a float is ~6x faster than
         # into int64
         n = sel.sum(1, dtype=sim.dtype) if (tp or t) else None

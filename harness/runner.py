@@ -327,6 +327,11 @@ class Trainer:
                 negs = with_hard_negatives(negs, h[0])
         with clock.phase("forward_backward"):
             out = self.objective(negs)
+        with clock.phase("update"):
+            # the meter reads the similarities and masks while the forward pass left them in
+            # cache, and before `update` may rewrite buffers that `negs` refers to (a queue)
+            self.meter.observe(negs, out.sim)
+        with clock.phase("forward_backward"):
             self.opt.zero_grad(set_to_none=True)
             out.loss.backward()
             if self.dist is not None:
@@ -334,8 +339,6 @@ class Trainer:
             self.opt.step()
             cost.objective_flops += objective_flops(negs)
         with clock.phase("update"):
-            # observe first: `update` may rewrite buffers that `negs` still refers to (a queue)
-            self.meter.observe(negs, out.sim)
             self._loss_sum += out.loss.detach()
             self._loss_steps += 1
             self.strategy.update(q.detach(), k.detach(), ctx)

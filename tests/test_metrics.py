@@ -77,7 +77,8 @@ def test_snapshot_gives_interval_and_total_and_stays_on_device():
     a = _negs([[True, False, False, True], [False, True, True, True]])
     b = _negs([[True, True, False, False], [True, False, False, False]])
     out = meter.observe(a, a.similarity())
-    assert out is None and meter.acc.device == LABELS.device  # no host values in the step
+    # no host values in the step
+    assert out is None and meter.counts.device == meter.sums.device == LABELS.device
     first, _ = meter.snapshot()
     meter.observe(b, b.similarity())
     second, total = meter.snapshot()
@@ -124,3 +125,81 @@ def test_random_fnr_matches_sum_of_squared_class_priors():
     tol = 4 * math.sqrt(expected * (1 - expected) / trials)
     assert abs(r.metrics["fnr"] - expected) < tol, (r.metrics["fnr"], expected, tol)
     assert abs(expected - float(((counts / n) ** 2).sum())) < 1e-3
+
+
+def _reference_counts(negs, labels):
+    """Loop-based reference of the meter's per-step counts: (pairs, fns, weight sum, weighted FN
+    sum, hardness sum, collisions, per-bin (count, fn) of the first HIST_ANCHORS anchors)."""
+    from harness.metrics import BINS, HIST_ANCHORS
+
+    sel, sim = negs.selected(), negs.similarity()
+    cid = negs.candidate_ids().expand(sel.shape)
+    if negs.index is None:
+        rows = torch.arange(negs.pool_size).expand(negs.num_anchors, -1)
+    else:
+        rows = negs.index
+    if negs.extra_ids is not None:
+        rows = torch.cat([rows, torch.full(negs.extra_ids.shape, negs.pool_size)], dim=1)
+    wts = negs.candidate_weights()
+    pairs = fns = coll = 0
+    hard = w_sum = wfn_sum = 0.0
+    hist = torch.zeros(2, BINS, dtype=torch.float64)
+    for a in range(sel.shape[0]):
+        la = int(labels[negs.anchor_ids[a]])
+        for w in range(sel.shape[1]):
+            c = int(cid[a, w])
+            if c == int(negs.anchor_ids[a]) and int(rows[a, w]) >= negs.batch_views:
+                coll += 1
+            if not sel[a, w]:
+                continue
+            fn = c >= 0 and int(labels[c]) == la
+            pairs, fns, hard = pairs + 1, fns + fn, hard + float(sim[a, w])
+            wt = 1.0 if wts is None else float(wts[a, w])
+            w_sum, wfn_sum = w_sum + wt, wfn_sum + wt * fn
+            if a < HIST_ANCHORS:
+                b = min(max(int((float(sim[a, w]) + 1.0) * (0.5 * BINS)), 0), BINS - 1)
+                hist[0, b] += 1
+                hist[1, b] += fn
+    return pairs, fns, w_sum, wfn_sum, hard, coll, hist
+
+
+def test_meter_matches_a_loop_reference_on_every_form():
+    """Mask form, index form and extras, with padding ids (-1), own instances inside and past
+    the batch views, and more anchors than the histogram takes: every count the meter keeps
+    equals a plain loop's."""
+    g = torch.Generator().manual_seed(3)
+    labels = torch.randint(0, 4, (40,), generator=g)
+    for form in ("mask", "index", "mask+extra", "index+extra", "mask+weights"):
+        a_n, p_n, d = 70, 24, 8
+        anchors = F.normalize(torch.randn(a_n, d, generator=g), dim=1)
+        pool = F.normalize(torch.randn(p_n, d, generator=g), dim=1)
+        a_ids = torch.randint(0, 40, (a_n,), generator=g)
+        p_ids = torch.randint(-1, 40, (p_n,), generator=g)
+        p_ids[:5] = a_ids[:5]  # own instances inside the views (rows < 6)
+        p_ids[20:23] = a_ids[10:13]  # and past them
+        kw = dict(anchors=anchors, positives=anchors, anchor_ids=a_ids, pool=pool,
+                  pool_ids=p_ids, batch_views=6)
+        if form.startswith("mask"):
+            kw["mask"] = torch.rand(a_n, p_n, generator=g) > 0.3
+        else:
+            kw["index"] = torch.randint(0, p_n, (a_n, 9), generator=g)
+        if form.endswith("weights"):
+            kw["weights"] = torch.rand(a_n, p_n, generator=g)
+        if form.endswith("extra"):
+            kw["extra"] = F.normalize(torch.randn(a_n, 3, d, generator=g), dim=2)
+            kw["extra_ids"] = torch.randint(-1, 40, (a_n, 3), generator=g)
+            kw["extra_ids"][:4, 0] = a_ids[:4]
+            kw["extra_mask"] = torch.rand(a_n, 3, generator=g) > 0.5
+        negs = Negatives(**kw)
+        meter = NegativeMeter(labels)
+        meter.observe(negs, negs.similarity())
+        pairs, fns, w_sum, wfn_sum, hard, coll, hist = _reference_counts(negs, labels)
+        tot = meter._totals().tolist()  # pairs, FN, W, WFN, similarity sum, collisions, anchors
+        assert (tot[0], tot[1]) == (pairs, fns), form
+        assert math.isclose(tot[2], w_sum, rel_tol=1e-5), form
+        assert math.isclose(tot[3], wfn_sum, rel_tol=1e-5), form
+        assert (tot[5], tot[6]) == (coll, a_n), form
+        assert coll > 0, form  # the case is exercised
+        assert math.isclose(tot[4], hard, rel_tol=1e-5), form
+        h = meter.hist.view(2, -1)  # (not FN, FN) per bin
+        assert torch.equal(h.sum(0), hist[0]) and torch.equal(h[1], hist[1]), form

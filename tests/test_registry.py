@@ -172,6 +172,38 @@ def test_contract_violation_is_caught():
         s.check()
 
 
+def test_own_instance_in_one_row_of_the_key_half_is_caught_within_a_rotation():
+    """The contract check compares CHECK_ROWS anchor rows per step, moving through the rows:
+    a single offending row, past the first block, is caught within A / CHECK_ROWS steps."""
+    from strategies.base import CHECK_ROWS
+    from strategies.in_batch import in_batch_negatives
+
+    class OneBadRow(Strategy):
+        name = "one-bad-row"
+
+        @dataclasses.dataclass(frozen=True)
+        class Config:
+            space = {}
+
+        def mine(self, q, k, ctx):
+            negs = in_batch_negatives(q, k, ctx.ids)
+            mask = negs.mask.clone()
+            mask[-1] = True  # the last key-view anchor takes its own two views
+            negs.mask = mask
+            return negs
+
+    b = 2 * CHECK_ROWS  # A = 2B = 4 blocks of rows
+    s = OneBadRow(OneBadRow.Config(), dim=16, n_train=300)
+    ids, q, k = _inputs(b=b)
+    table = Table(300, 16)
+    for step in range(3):  # the last block is not looked at before step 3
+        s.select(q, k, make_ctx(ids, table, step=step))
+    s.check()
+    s.select(q, k, make_ctx(ids, table, step=3))
+    with pytest.raises(StrategyError, match="2 contract violations"):
+        s.check()
+
+
 def test_bad_shapes_are_rejected_at_once():
     class Wrong(Strategy):
         name = "wrong"
