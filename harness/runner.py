@@ -535,12 +535,16 @@ def run(cfg: RunConfig, *, tracking_uri: str | None = None, experiment: str = "n
             on_log(point)
 
     def checkpoint(tr: Trainer, fraction: float) -> None:
+        if tracker is not None:  # checkpoint time is not training time: a good moment to send
+            tracker.send()
         point = on_checkpoint(tr, fraction) if on_checkpoint is not None else None
         if point and tracker is not None:
             tracker.log_metrics(point, step=int(tr.budget.samples))
 
     try:
         trainer.train(on_log=log, checkpoints=checkpoints, on_checkpoint=checkpoint)
+        if tracker is not None:  # the curve's last points are stored while evaluation runs
+            tracker.send()
         metrics = trainer.finish()
     except RunStopped as e:
         if tracker is not None:

@@ -61,6 +61,11 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+# a running training's curve reaches the store this often (and when the training ends or
+# fails); a process killed outright loses at most this many seconds of it
+SEND_EVERY_S = 15.0
+
+
 class Tracker:
     """A thin layer over ``MlflowClient`` (batched logging, sqlite default)."""
 
@@ -81,6 +86,8 @@ class Tracker:
         self.experiment_id = self._experiment(experiment)
         self.run_id: str | None = None
         self._pending: list = []  # asynchronous metric writes not yet known to be stored
+        self._buffer: list = []  # background metrics not yet handed to mlflow
+        self._sent = time.monotonic()  # when the buffer was last handed over
 
     def _experiment(self, name: str) -> str:
         """The experiment's id, created if missing. Processes that start together race to
@@ -114,22 +121,39 @@ class Tracker:
         return self.run_id
 
     def log_metrics(self, metrics: dict[str, float], step: int, background: bool = False) -> None:
-        """Log ``metrics`` at ``step``. ``background``: hand them to mlflow's asynchronous logger
-        and return at once (the training loop does not wait for the store); :meth:`flush`, and
-        :meth:`end`, wait until every such write is stored."""
+        """Log ``metrics`` at ``step``. Without ``background`` they are stored before this
+        returns. With it (the training curve) they are buffered and handed to mlflow's
+        asynchronous logger, all together, at most every ``SEND_EVERY_S`` seconds: the training
+        loop neither waits for the store nor shares the CPU with a database write at every log
+        point (on 2 cores that cost about 2% of a digits run). :meth:`send` hands the buffer
+        over at once; :meth:`flush` and :meth:`end` also wait until it is stored."""
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
         items = [Metric(k, float(v), ts, int(step)) for k, v in metrics.items()
                  if v is not None and v == v]  # NaN: nothing to log yet
+        if background:
+            self._buffer.extend(items)
+            if time.monotonic() - self._sent >= SEND_EVERY_S:
+                self.send()
+            return
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(self.run_id, metrics=items[i:i + 1000])
+
+    def send(self) -> None:
+        """Hand the buffered background metrics to mlflow's asynchronous logger."""
+        items, self._buffer = self._buffer, []
+        self._sent = time.monotonic()
         for i in range(0, len(items), 1000):
             op = self.client.log_batch(self.run_id, metrics=items[i:i + 1000],
-                                       synchronous=not background)
-            if background and op is not None:
+                                       synchronous=False)
+            if op is not None:
                 self._pending.append(op)
 
     def flush(self) -> None:
-        """Wait for the background writes (a failed one raises here)."""
+        """Store the buffered metrics and wait for every background write (a failed one raises
+        here)."""
+        self.send()
         pending, self._pending = self._pending, []
         for op in pending:
             op.wait()

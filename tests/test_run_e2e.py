@@ -80,3 +80,44 @@ def test_a_failed_run_is_recorded_with_its_reason(tmp_path: Path):
     df = _search(uri)
     assert list(df["status"]) == ["FAILED"]
     assert "loss is nan" in df.iloc[0]["tags.failure"].lower()
+
+
+def test_a_crashed_run_keeps_its_curve(tmp_path: Path):
+    """The training curve is buffered between sends to the store (every
+    tracking.SEND_EVERY_S seconds); a run that fails keeps every point logged before it."""
+    from harness import tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = build_config("digits", "in-batch", budget=BudgetConfig("samples", 4096),
+                       sets={"batch_size": "128", "log_every": "2"})
+    seen = []
+
+    def crash_at_third(point):
+        seen.append(point["samples_seen"])
+        if len(seen) == 3:
+            raise RuntimeError("the user's callback broke")
+
+    assert tracking.SEND_EVERY_S >= 5  # none of the three points is sent before the crash
+    with pytest.raises(RuntimeError, match="callback broke"):
+        run(cfg, tracking_uri=uri, on_log=crash_at_third)
+    df = _search(uri)
+    assert list(df["status"]) == ["FAILED"]
+    hist = mlflow.MlflowClient(uri).get_metric_history(df.iloc[0]["run_id"], "loss")
+    assert sorted(m.step for m in hist) == seen == [256, 512, 768]
+
+
+def test_background_metrics_wait_for_send(tmp_path: Path):
+    from harness.tracking import Tracker
+
+    t = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "buffer")
+    t.start("r", {}, {})
+    t.log_metrics({"loss": 1.0}, step=1, background=True)
+    t.log_metrics({"loss": 0.5}, step=2, background=True)
+    t.log_metrics({"acc": 0.9}, step=2)  # synchronous: stored at once
+    client = mlflow.MlflowClient(t.uri)
+    assert client.get_metric_history(t.run_id, "loss") == []
+    assert [m.value for m in client.get_metric_history(t.run_id, "acc")] == [0.9]
+    t.flush()
+    assert [(m.step, m.value) for m in client.get_metric_history(t.run_id, "loss")] == [
+        (1, 1.0), (2, 0.5)]
+    t.end()
