@@ -62,6 +62,10 @@ class _ShiftedNCE(torch.autograd.Function):
     is positive, and with 2/tau <= 80 none falls below -80, so nothing over- or underflows):
 
         e = exp(c (s - 1)),  S = sum_w e w,  e_p = exp(c (s_p - 1))
+
+    The (A, W) pass computes exp(c s) = e e^c (at most e^40 here, so finite in float32) and the
+    shift e^-c is applied to the per-anchor sums and gradient coefficients: one (A, W) pass
+    fewer than exp(c (s - 1)), and the same values.
         N_g = S, or with tau+ > 0: max((S - tau+ n e_p) / (1 - tau+), n exp(-2c))
         loss = log(e_p + N_g) - c (s_p - 1)
 
@@ -77,7 +81,8 @@ class _ShiftedNCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, sim: Tensor, pos: Tensor, w: Tensor, n: Tensor | None, c: float,
                 tp: float, t: float, t_grad: bool) -> Tensor:
-        e = torch.exp(torch.add(sim, -1.0).mul_(c))  # (A, W)
+        shift = math.exp(-c)
+        e = torch.exp(sim * c)  # (A, W) unshifted: e^{c s}
         wt = None
         if t:
             tw = torch.exp(torch.add(sim, -1.0).mul_(t)).mul_(w)  # (A, W) e^{t (s - 1)}, masked
@@ -86,7 +91,7 @@ class _ShiftedNCE(torch.autograd.Function):
             ew = e * wt  # (A, W)
         else:  # in place unless the weights' gradient needs e itself
             ew = e * w if ctx.needs_input_grad[2] else e.mul_(w)  # (A, W)
-        big_s = ew.sum(1)  # (A,)
+        big_s = ew.sum(1).mul_(shift)  # (A,) shifted
         e_pos = torch.exp((pos - 1.0) * c)  # (A,)
         if tp == 0.0:
             ng, active = big_s, None
@@ -96,7 +101,7 @@ class _ShiftedNCE(torch.autograd.Function):
             active = raw > low  # (A,) where the estimator is not clamped
             ng = torch.where(active, raw, low)  # (A,)
         denom = e_pos + ng  # (A,)
-        ctx.c, ctx.tp, ctx.t = c, tp, (t if t_grad else 0.0)
+        ctx.c, ctx.tp, ctx.t, ctx.shift = c, tp, (t if t_grad else 0.0), shift
         ctx.save_for_backward(e if ctx.needs_input_grad[2] else None, ew, e_pos, denom, n,
                               active, wt if (t and t_grad) else None, big_s)
         return torch.log(denom) - (pos - 1.0) * c  # (A,)
@@ -104,7 +109,7 @@ class _ShiftedNCE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: Tensor):
         e, ew, e_pos, denom, n, active, wt, big_s = ctx.saved_tensors
-        c, tp, t = ctx.c, ctx.tp, ctx.t
+        c, tp, t, shift = ctx.c, ctx.tp, ctx.t, ctx.shift
         r = g / denom  # (A,) d loss / d N_g and d loss / d e_p (direct)
         if tp == 0.0:
             d_s, d_ep = r, r  # (A,)
@@ -114,13 +119,13 @@ class _ShiftedNCE(torch.autograd.Function):
             d_ep = r - r * a * tp * n / (1.0 - tp)  # (A,)
         d_sim = None
         if ctx.needs_input_grad[0]:
-            if wt is None:
-                d_sim = ew * (d_s * c)[:, None]  # (A, W)
+            if wt is None:  # ew is unshifted: the shift goes into the (A,) coefficient
+                d_sim = ew * (d_s * (c * shift))[:, None]  # (A, W)
             else:  # through the tilt weights too
                 coef = (d_s * big_s / n.clamp_min(1.0) * t)[:, None]  # (A, 1)
-                d_sim = ew * (d_s * (c + t))[:, None] - wt * coef  # (A, W)
+                d_sim = ew * (d_s * ((c + t) * shift))[:, None] - wt * coef  # (A, W)
         d_pos = d_ep * e_pos * c - g * c  # (A,)
-        d_w = e * d_s[:, None] if ctx.needs_input_grad[2] else None  # (A, W)
+        d_w = e * (d_s * shift)[:, None] if ctx.needs_input_grad[2] else None  # (A, W)
         return d_sim, d_pos, d_w, None, None, None, None, None
 
 

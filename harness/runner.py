@@ -218,7 +218,10 @@ class Trainer:
         self._last_log = (0, 0.0)  # (samples, seconds) at the last log
         self.lr = 0.0
         self.last_loss: torch.Tensor | None = None  # the last step's loss (on the device)
-        self.last_negs: Negatives | None = None  # and its negatives
+        # and its negatives, when asked (tests): kept, they would hold a step's (A, W) tensors
+        # through the next step, which then allocates afresh instead of reusing them
+        self.keep_last_negs = False
+        self.last_negs: Negatives | None = None
 
     # -- what a strategy may ask for
     def _forward(self, module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -344,7 +347,9 @@ class Trainer:
             self.strategy.update(q.detach(), k.detach(), ctx)
             if self.key_encoder is not None:
                 self._momentum_update()
-        self.last_loss, self.last_negs = out.loss.detach(), negs
+        self.last_loss = out.loss.detach()
+        if self.keep_last_negs:
+            self.last_negs = negs
         cost.state_bytes = max(cost.state_bytes, self.strategy.state_bytes())
         self.budget.charge(b, cost.flops() - before)
 

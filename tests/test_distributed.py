@@ -48,6 +48,7 @@ def trace(strategy: str) -> dict:
     cfg = build_config("bbc-news", strategy, seed=0, budget=parse_budget(f"steps={STEPS}"),
                        sets={"batch_size": str(BATCH), **SETS[strategy]})
     t = Trainer(cfg)
+    t.keep_last_negs = True
     t.budget.start()
     losses, sigs, grads = [], [], []
     while (b := t.budget.next_batch_size()) > 0:
