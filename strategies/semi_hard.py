@@ -105,9 +105,11 @@ def semi_hard_mask(anchors: Tensor, positives: Tensor, pool: Tensor, valid: Tens
     d_ap = torch.sqrt((2.0 - 2.0 * (anchors * positives).sum(-1)).clamp_min(0.0))  # (A,)
     hi = (1.0 - 0.5 * d_ap * d_ap).clamp_max(1.0)[:, None]  # (A, 1) s_p, as d(a, p) rounds it
     lo = (1.0 - 0.5 * (d_ap + m) ** 2)[:, None]  # (A, 1) the margin's edge
-    closer = s >= hi  # (A, P) no farther than the positive: g <= 0
-    inside = s >= lo  # (A, P) within the margin: g <= m
-    band = valid & inside & ~closer  # (A, P)
+    # the three regions of the valid candidates, from two comparisons (lo < hi, so "closer"
+    # lies inside the margin) and three bool passes: below the band, in it, above it
+    vi = (s >= lo).logical_and_(valid)  # (A, P) valid, within the margin: g <= m
+    below = (s >= hi).logical_and_(vi)  # (A, P) valid, no farther than the positive: g <= 0
+    band = vi ^ below  # (A, P) valid, 0 < g <= m
     p = pool.shape[0]
     # NOTE: masked extrema are taken on s shifted by +-4 where the mask holds (cosines lie in
     # [-1, 1], so a shifted entry always wins), not on torch.where(mask, s, inf): on CPUs a
@@ -119,9 +121,13 @@ def semi_hard_mask(anchors: Tensor, positives: Tensor, pool: Tensor, valid: Tens
     if fallback == "none" or p == 0:
         return band
     if fallback == "nearest":
-        below, above = valid & closer, valid & ~inside  # (A, P) outside the band, either side
-        v1, j1 = _shifted(s, below, -4.0).min(1, keepdim=True)  # (A, 1) least similar below
-        v2, j2 = _shifted(s, above, 4.0).max(1, keepdim=True)  # (A, 1) most similar above
+        above = valid ^ vi  # (A, P) valid, beyond the margin
+        # one shifted copy serves both searches: below -4 (in [-5, -3]), above +4 (in [3, 5]),
+        # the rest unshifted, so the row minimum is the least similar below when there is one
+        # and the row maximum the most similar above; the shift is made in int8, one pass
+        u = torch.add(s, above.view(torch.int8) - below.view(torch.int8), alpha=4.0)  # (A, P)
+        v1, j1 = u.min(1, keepdim=True)  # (A, 1) least similar below
+        v2, j2 = u.max(1, keepdim=True)  # (A, 1) most similar above
         s1, s2 = s.gather(1, j1), s.gather(1, j2)  # (A, 1) their cosines
         inf = float("inf")
         g1 = d_ap[:, None] - torch.sqrt((2.0 - 2.0 * s1).clamp_min(0.0))  # (A, 1) gap below
@@ -133,8 +139,8 @@ def semi_hard_mask(anchors: Tensor, positives: Tensor, pool: Tensor, valid: Tens
         j = _shifted(s, valid, 4.0).argmax(dim=1, keepdim=True)  # (A, 1)
     # a bool row "any" through uint8 max: 60x faster than Tensor.any(1) on this CPU
     empty = band.view(torch.uint8).amax(1, keepdim=True) == 0  # (A, 1)
-    fb = torch.zeros_like(band).scatter_(1, j, valid.gather(1, j) & empty)  # (A, P)
-    return band | fb
+    # the fallback joins the band in place (an OR at one column per row)
+    return band.scatter_(1, j, band.gather(1, j) | (valid.gather(1, j) & empty))  # (A, P)
 
 
 def _shifted(s: Tensor, mask: Tensor, shift: float) -> Tensor:
