@@ -107,11 +107,12 @@ def ascent_gradient(w: Tensor, q: Tensor, k: Tensor, tau: float,
     ``qn`` (B, M), when given, is ``q @ normalize(w).T`` already computed."""
     norm = w.norm(dim=1, keepdim=True).clamp_min(1e-12)  # (M, 1)
     n = w / norm  # (M, D)
-    l_pos = (q * k).sum(1, keepdim=True) / tau  # (B, 1)
-    l_neg = (q @ n.T if qn is None else qn) / tau  # (B, M)
-    p = torch.softmax(torch.cat([l_pos, l_neg], dim=1), dim=1)[:, 1:]  # (B, M)
-    g = p.T @ q / (q.shape[0] * tau)  # (M, D) dL/dn
-    return (g - (g * n).sum(1, keepdim=True) * n) / norm  # (M, D) through n = w / ||w||
+    s_pos = (q * k).sum(1, keepdim=True)  # (B, 1)
+    s_neg = q @ n.T if qn is None else qn  # (B, M)
+    p = torch.softmax(torch.cat([s_pos, s_neg], dim=1).mul_(1.0 / tau), dim=1)[:, 1:]  # (B, M)
+    g = p.T @ q  # (M, D) dL/dn times B tau
+    g = g.sub_((g * n).sum(1, keepdim=True) * n)  # (M, D) the tangent part, through n = w/||w||
+    return g.div_(norm * (q.shape[0] * tau))  # (M, D)
 
 
 @register("adversarial")
@@ -155,7 +156,9 @@ class Adversarial(Strategy):
         pool_ids, mask, source_weights = self._constants(b, q)
         sim = q @ pool.T  # (B, M) the objective's similarities (negs.sim), with q's gradients
         sd = sim.detach()  # (B, M)
-        nearest = sd.argmax(0)  # (M,) the query view closest to each negative
+        # (M,) the query view closest to each negative (max's indices: ~2x argmax's speed
+        # along dim 0 on CPUs)
+        nearest = sd.max(0).indices
         # for update(): the ascent's logits. Holding q keeps its memory from being reused, so a
         # q at the same address with the same version counter is this q, unmodified.
         self._qn = (q.detach(), q._version, sd)
@@ -189,7 +192,8 @@ class Adversarial(Strategy):
         g = ascent_gradient(w, q, k, c.tau_neg, qn)  # (M, D)
         if full:
             self.velocity.mul_(c.mu).add_(g)  # (M, D)
-            w.copy_(F.normalize(w + c.lr_neg * self.velocity, dim=1))  # (M, D)
+            w.add_(self.velocity, alpha=c.lr_neg)  # (M, D) then onto the sphere, in place
+            w.div_(w.norm(dim=1, keepdim=True).clamp_min_(1e-12))  # as F.normalize does
         else:
             row = torch.arange(m, device=w.device)  # (M,)
             ascend = (row < self.filled)[:, None]  # (M, 1) rows that already hold data
@@ -198,8 +202,9 @@ class Adversarial(Strategy):
             self.velocity.mul_(c.mu).add_(g).mul_(ascend)  # (M, D), 0 on rows not ascending
             stepped = F.normalize(w + c.lr_neg * self.velocity, dim=1)  # (M, D)
             w.copy_(torch.where(ascend, stepped, torch.where(fill, keys, w)))  # (M, D)
-        self.filled.add_(b).clamp_(max=m)
-        self._filled_host = min(self._filled_host + b, m)
+        if not full:  # (full: filled stays M)
+            self.filled.add_(b).clamp_(max=m)
+            self._filled_host = min(self._filled_host + b, m)
         # the (M, D) product, and the (B, M) logits when mine()'s could not be reused
         ctx.charge_mining(b * m * d * (1 if qn is not None else 2))
         ctx.charge_adversary(m * d)

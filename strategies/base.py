@@ -124,13 +124,18 @@ class Negatives:
     tilt: float = 0.0
     tilt_grad: bool = True
     # derived (A, W) tensors the objective, the meter and the contract check share within a
-    # step (the selection, as bool and as 0/1 floats); cleared whenever a field is assigned
+    # step (the selection, as bool and as 0/1 floats), each kept with the fields it was made
+    # from and used only while those are still the same objects (a strategy may reassign them)
     _memo: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        object.__setattr__(self, name, value)
-        if name != "_memo" and "_memo" in self.__dict__:
-            self._memo.clear()
+    def _sel_fields(self) -> tuple:
+        return (self.mask, self.index, self.extra_ids, self.extra_mask)
+
+    def _recall(self, key: Any) -> Tensor | None:
+        hit = self._memo.get(key)
+        if hit is None or any(a is not b for a, b in zip(hit[0], self._sel_fields(), strict=True)):
+            return None
+        return hit[1]
 
     @property
     def num_anchors(self) -> int:
@@ -160,17 +165,19 @@ class Negatives:
 
     def selected(self) -> Tensor:
         """(A, W) bool: the (anchor, candidate) pairs in use (built once per Negatives)."""
-        sel = self._memo.get("selected")
+        sel = self._recall("selected")
         if sel is None:
-            sel = self._memo["selected"] = self._selected()
+            sel = self._selected()
+            self._memo["selected"] = (self._sel_fields(), sel)
         return sel
 
     def selected_as(self, dtype: torch.dtype) -> Tensor:
         """(A, W) the selection as 0/1 in ``dtype`` (converted once per Negatives and dtype)."""
         key = ("selected", dtype)
-        w = self._memo.get(key)
+        w = self._recall(key)
         if w is None:
-            w = self._memo[key] = self.selected().to(dtype)
+            w = self.selected().to(dtype)
+            self._memo[key] = (self._sel_fields(), w)
         return w
 
     def _selected(self) -> Tensor:
@@ -378,6 +385,7 @@ class Strategy(nn.Module):
         self.dim = dim
         self.n_train = n_train
         self.register_buffer("_violations", torch.zeros((), dtype=torch.long), persistent=False)
+        self._checked: dict = {}  # id -> (tensor, version) of the weights checked last step
 
     # -- what the harness asks of a strategy
     @property
@@ -521,10 +529,18 @@ class Strategy(nn.Module):
         if not math.isfinite(negs.tilt) or negs.tilt < 0:
             raise StrategyError(f"{self.name}: tilt must be a finite number >= 0, "
                                 f"got {negs.tilt}")
+        checked = {}
         for w in (negs.weights, negs.extra_weights, negs.source_weights,
                   negs.extra_source_weights):
-            if w is not None:
+            if w is None:
+                continue
+            # a strategy's constant (the same tensor as last step, not written since, as its
+            # version counter says) was checked then
+            seen = self._checked.get(id(w))
+            if seen is None or seen[0] is not w or seen[1] != w._version:
                 bad = bad + torch.count_nonzero(~torch.isfinite(w) | (w < 0))
+            checked[id(w)] = (w, w._version)
+        object.__setattr__(self, "_checked", checked)  # not Module.__setattr__: ~30 us
         self._violations.add_(bad)  # in place: a Module attribute assignment costs ~30 us
 
     def check(self) -> None:
