@@ -140,12 +140,13 @@ def test_selection_and_mixing_match_loop_reference(b, d, n_hard, s, s2, seed):
 
 
 @pytest.mark.parametrize("a,p,n", [
-    (7, 256, 8), (5, 260, 8), (3, 4096, 64), (3, 2048, 64),  # 32 N <= P <= 64 N: grouped
-    (5, 258, 8), (6, 64, 8), (2, 1028, 16), (4, 40, 40),  # P not a multiple of 4, out of range
+    (7, 256, 8), (5, 260, 8), (3, 4096, 64), (3, 2048, 64),  # 32 N <= P <= 64 N: groups of 4
+    (4, 1024, 64), (5, 260, 16),  # 16 N <= P < 32 N: groups of 2
+    (5, 258, 8), (6, 64, 8), (2, 1028, 16), (4, 40, 40), (3, 512, 64),  # out of range
 ])
 def test_hardest_equals_topk(a, p, n):
-    # the grouped pruning pass (32 N <= P <= 64 N, P a multiple of 4) and the plain top-k agree with
-    # torch.topk, -inf entries (the masked own view and positive) included
+    # the grouped pruning passes and the plain top-k agree with torch.topk, -inf entries (the
+    # masked own view and positive) included
     g = torch.Generator().manual_seed(p + n)
     sim = torch.randn(a, p, generator=g)  # (A, P)
     sim[:, :2] = float("-inf")
