@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -385,7 +386,7 @@ class Strategy(nn.Module):
         self.dim = dim
         self.n_train = n_train
         self.register_buffer("_violations", torch.zeros((), dtype=torch.long), persistent=False)
-        self._checked: dict = {}  # id -> (tensor, version) of the weights checked last step
+        self._checked: dict = {}  # id -> (weak ref, version) of the weights checked last step
 
     # -- what the harness asks of a strategy
     @property
@@ -537,9 +538,9 @@ class Strategy(nn.Module):
             # a strategy's constant (the same tensor as last step, not written since, as its
             # version counter says) was checked then
             seen = self._checked.get(id(w))
-            if seen is None or seen[0] is not w or seen[1] != w._version:
+            if seen is None or seen[0]() is not w or seen[1] != w._version:
                 bad = bad + torch.count_nonzero(~torch.isfinite(w) | (w < 0))
-            checked[id(w)] = (w, w._version)
+            checked[id(w)] = (weakref.ref(w), w._version)  # weak: holds no step's tensors
         object.__setattr__(self, "_checked", checked)  # not Module.__setattr__: ~30 us
         self._violations.add_(bad)  # in place: a Module attribute assignment costs ~30 us
 

@@ -204,6 +204,37 @@ def test_own_instance_in_one_row_of_the_key_half_is_caught_within_a_rotation():
         s.check()
 
 
+def test_constant_weights_written_in_place_are_checked_again():
+    """A weight tensor returned unchanged step after step is checked once; written in place,
+    its version changes and it is checked again."""
+    from strategies.in_batch import in_batch_negatives
+
+    class ConstantWeights(Strategy):
+        name = "constant-weights"
+
+        @dataclasses.dataclass(frozen=True)
+        class Config:
+            space = {}
+
+        def mine(self, q, k, ctx):
+            negs = in_batch_negatives(q, k, ctx.ids)
+            if not hasattr(self, "w"):
+                self.w = torch.ones(negs.mask.shape)
+            negs.weights = self.w
+            return negs
+
+    s = ConstantWeights(ConstantWeights.Config(), dim=16, n_train=300)
+    ids, q, k = _inputs()
+    table = Table(300, 16)
+    for step in range(2):
+        s.select(q, k, make_ctx(ids, table, step=step))
+    s.check()
+    s.w[0, 1] = -1.0  # in place
+    s.select(q, k, make_ctx(ids, table, step=2))
+    with pytest.raises(StrategyError, match="1 contract violations"):
+        s.check()
+
+
 def test_bad_shapes_are_rejected_at_once():
     class Wrong(Strategy):
         name = "wrong"
