@@ -81,7 +81,7 @@ class NegativeMeter:
         # per similarity bin: selected pairs that are not false negatives, then those that are
         self.hist = torch.zeros(2 * BINS, dtype=self.dtype, device=dev)
         self.anchors = 0  # a host count: shapes are known on the host
-        self._prev = torch.zeros(8, dtype=torch.float64)  # totals at the last snapshot
+        self._prev = torch.zeros(7, dtype=torch.float64)  # totals at the last snapshot
 
     @torch.no_grad()
     def observe(self, negs: Negatives, sim: Tensor) -> None:
@@ -147,16 +147,16 @@ class NegativeMeter:
             self.hist[:BINS].scatter_add_(0, key, sel[:r].flatten().to(dt) - part)
 
     def _totals(self) -> Tensor:
-        """(8,) float64 on the host: pairs, FN, W, WFN, similarity sum, collisions, anchors."""
-        c = self.counts.to("cpu", copy=True).tolist()
-        f = self.sums.to("cpu", torch.float64, copy=True).tolist()
+        """(7,) float64 on the host: pairs, FN, W, WFN, similarity sum, collisions, anchors."""
+        c = self.counts.tolist()
+        f = self.sums.tolist()
         return torch.tensor([c[_PAIRS], c[_FN] + f[_FNF], f[_W] + c[_UPAIRS],
-                             f[_WFN] + c[_UFN], f[_SIM], c[_COLL], self.anchors, 0.0],
+                             f[_WFN] + c[_UFN], f[_SIM], c[_COLL], self.anchors],
                             dtype=torch.float64)
 
     @staticmethod
     def _ratios(a: list[float]) -> dict[str, float]:
-        pairs, fn, w, wfn, sim, coll, anchors, _ = a
+        pairs, fn, w, wfn, sim, coll, anchors = a
 
         def div(x: float, y: float) -> float:
             return x / y if y > 0 else float("nan")

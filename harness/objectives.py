@@ -62,12 +62,12 @@ class _ShiftedNCE(torch.autograd.Function):
     is positive, and with 2/tau <= 80 none falls below -80, so nothing over- or underflows):
 
         e = exp(c (s - 1)),  S = sum_w e w,  e_p = exp(c (s_p - 1))
+        N_g = S, or with tau+ > 0: max((S - tau+ n e_p) / (1 - tau+), n exp(-2c))
+        loss = log(e_p + N_g) - c (s_p - 1)
 
     The (A, W) pass computes exp(c s) = e e^c (at most e^40 here, so finite in float32) and the
     shift e^-c is applied to the per-anchor sums and gradient coefficients: one (A, W) pass
-    fewer than exp(c (s - 1)), and the same values.
-        N_g = S, or with tau+ > 0: max((S - tau+ n e_p) / (1 - tau+), n exp(-2c))
-        loss = log(e_p + N_g) - c (s_p - 1)
+    fewer than exp(c (s - 1)), and the same values. (So the e w saved for backward is unshifted.)
 
     With a tilt t (HCL's beta / tau), w is the mask times the importance weights
     n e^{t s} / sum e^{t s}: then S = n sum(e T) / sum(T), T = exp(t (s - 1)) on the selected, and
