@@ -517,7 +517,9 @@ class Strategy(nn.Module):
         CHECK_ROWS rows each step, so every row position is checked every A / CHECK_ROWS steps
         (8 at A = 512): a strategy that selects its own instances systematically is caught at
         once, in the query and the key halves alike, for an eighth of the (A, W) comparison.
-        (The false-negative meter counts every pair.) Indices and weights are checked whole."""
+        (The false-negative meter counts every pair.) Indices and weights are checked whole, by
+        their least and largest entries: one pass each (five for an elementwise test), and a
+        tensor with any entry out of range counts as one violation."""
         a = negs.num_anchors
         r = min(a, CHECK_ROWS)
         o = (step * r) % a
@@ -525,8 +527,9 @@ class Strategy(nn.Module):
         # NOTE: count_nonzero, not .sum(): summing a bool tensor into int64 is about 20x slower
         # on CPUs (9 ms against 0.45 ms for a 2048 x 2048 mask)
         bad = torch.count_nonzero(negs.own_instance(rows).logical_and_(negs.selected()[rows]))
-        if negs.index is not None:
-            bad = bad + torch.count_nonzero((negs.index < 0) | (negs.index >= negs.pool_size))
+        if negs.index is not None and negs.index.numel():
+            lo, hi = torch.aminmax(negs.index)
+            bad = bad + ((lo < 0) | (hi >= negs.pool_size))
         if not math.isfinite(negs.tilt) or negs.tilt < 0:
             raise StrategyError(f"{self.name}: tilt must be a finite number >= 0, "
                                 f"got {negs.tilt}")
@@ -538,8 +541,9 @@ class Strategy(nn.Module):
             # a strategy's constant (the same tensor as last step, not written since, as its
             # version counter says) was checked then
             seen = self._checked.get(id(w))
-            if seen is None or seen[0]() is not w or seen[1] != w._version:
-                bad = bad + torch.count_nonzero(~torch.isfinite(w) | (w < 0))
+            if w.numel() and (seen is None or seen[0]() is not w or seen[1] != w._version):
+                lo, hi = torch.aminmax(w)  # NaN anywhere makes both NaN: neither test passes
+                bad = bad + ~((lo >= 0) & (hi < math.inf))
             checked[id(w)] = (weakref.ref(w), w._version)  # weak: holds no step's tensors
         object.__setattr__(self, "_checked", checked)  # not Module.__setattr__: ~30 us
         self._violations.add_(bad)  # in place: a Module attribute assignment costs ~30 us
@@ -550,5 +554,6 @@ class Strategy(nn.Module):
         if n:
             raise StrategyError(
                 f"{self.name}: {n} contract violations (an anchor's own instance selected as a "
-                "negative, an index outside the pool, or a negative/non-finite weight)"
+                "negative, one per pair; an index tensor reaching outside the pool or a weight "
+                "tensor with a negative or non-finite entry, one per tensor)"
             )

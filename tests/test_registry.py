@@ -235,6 +235,44 @@ def test_constant_weights_written_in_place_are_checked_again():
         s.check()
 
 
+@pytest.mark.parametrize("bad", ["nan", "inf", "negative", "index-low", "index-high", "none"])
+def test_bad_weights_and_indices_are_caught(bad):
+    """Weights (checked by their least and largest entries) must be finite and >= 0, indices
+    inside the pool; one bad entry among valid ones is enough."""
+    class Picky(Strategy):
+        name = "picky"
+
+        @dataclasses.dataclass(frozen=True)
+        class Config:
+            space = {}
+
+        def mine(self, q, k, ctx):
+            b = len(q)
+            index = torch.stack([(torch.arange(b) + 1) % b, (torch.arange(b) + 2) % b], dim=1)
+            weights = torch.rand(b, 2) + 0.5  # (B, 2)
+            if bad == "index-low":
+                index[3, 1] = -1
+            elif bad == "index-high":
+                index[3, 1] = b
+            elif bad != "none":
+                weights[3, 1] = {"nan": math.nan, "inf": math.inf, "negative": -1e-6}[bad]
+            return Negatives(anchors=q, positives=k, anchor_ids=ctx.ids, pool=k,
+                             pool_ids=ctx.ids, index=index, weights=weights)
+
+    s = Picky(Picky.Config(), dim=16, n_train=300)
+    ids, q, k = _inputs()
+    if bad == "index-high":  # the own-instance lookup through the index fails first, at once
+        with pytest.raises(IndexError):
+            s.select(q, k, make_ctx(ids, Table(300, 16)))
+        return
+    s.select(q, k, make_ctx(ids, Table(300, 16)))
+    if bad == "none":
+        s.check()
+    else:
+        with pytest.raises(StrategyError, match="1 contract violations"):
+            s.check()
+
+
 def test_bad_shapes_are_rejected_at_once():
     class Wrong(Strategy):
         name = "wrong"
