@@ -15,12 +15,14 @@ vectorised over (B, M), from the detached q and k the harness passes after the e
 
 Design:
 
-- The negatives are an ``nn.Parameter`` ``W`` (M, D) with ``requires_grad=False``; the pool
-  :meth:`mine` returns is ``normalize(W)`` computed from a detached copy, so the encoder's
-  ``loss.backward()`` neither reaches nor accumulates into ``W``: its only update is the ascent.
+- The negatives are an ``nn.Parameter`` ``W`` (M, D) with ``requires_grad=False`` whose rows
+  are always unit vectors: drawn on the sphere, filled with normalized keys, and put back on the
+  sphere after every ascent step. The pool :meth:`mine` returns is a detached copy of ``W``, so
+  the encoder's ``loss.backward()`` neither reaches nor accumulates into ``W``: its only update
+  is the ascent.
 - ``n_j = W_j / ||W_j||`` is what the loss sees, so the gradient with respect to ``W_j`` is the
-  one above projected onto the tangent of the sphere and divided by ``||W_j||``
-  (:func:`ascent_gradient`); the rows are put back on the unit sphere after each step.
+  one above projected onto the tangent of the sphere and divided by ``||W_j||`` = 1
+  (:func:`ascent_gradient`).
 - The step is heavy-ball SGD (velocity ``v``, momentum ``mu``) as in AdCo's optimizer for the
   negatives: ``v <- mu v + dL/dW``; ``W <- normalize(W + lr_neg v)``.
 - Initialisation, as AdCo's (which fills its negatives with the keys of its first batches): the
@@ -103,16 +105,16 @@ class AdversarialConfig:
 def ascent_gradient(w: Tensor, q: Tensor, k: Tensor, tau: float,
                     qn: Tensor | None = None) -> Tensor:
     """(M, D) gradient with respect to ``w`` of the InfoNCE loss at temperature ``tau``, averaged
-    over the B anchors q (positives k), whose negatives are the rows of ``w`` normalized.
-    ``qn`` (B, M), when given, is ``q @ normalize(w).T`` already computed."""
-    norm = w.norm(dim=1, keepdim=True).clamp_min(1e-12)  # (M, 1)
-    n = w / norm  # (M, D)
+    over the B anchors q (positives k), whose negatives are the rows of ``w`` normalized, at a
+    ``w`` whose rows are unit vectors (the strategy keeps them there): then n = w and
+    ||w_j|| = 1, so the gradient is dL/dn projected onto the sphere's tangent at n. ``qn``
+    (B, M), when given, is ``q @ w.T`` already computed."""
     s_pos = (q * k).sum(1, keepdim=True)  # (B, 1)
-    s_neg = q @ n.T if qn is None else qn  # (B, M)
+    s_neg = q @ w.T if qn is None else qn  # (B, M)
     p = torch.softmax(torch.cat([s_pos, s_neg], dim=1).mul_(1.0 / tau), dim=1)[:, 1:]  # (B, M)
     g = p.T @ q  # (M, D) dL/dn times B tau
-    g = g.sub_((g * n).sum(1, keepdim=True) * n)  # (M, D) the tangent part, through n = w/||w||
-    return g.div_(norm * (q.shape[0] * tau))  # (M, D)
+    g.addcmul_((g * w).sum(1, keepdim=True), w, value=-1.0)  # (M, D) the tangent part
+    return g.mul_(1.0 / (q.shape[0] * tau))  # (M, D)
 
 
 @register("adversarial")
@@ -151,7 +153,8 @@ class Adversarial(Strategy):
         return self.cfg.m
 
     def mine(self, q: Tensor, k: Tensor, ctx: StepContext) -> Negatives:
-        pool = F.normalize(self.W.detach(), dim=1).to(q.dtype)  # (M, D)
+        # (M, D) a copy: W's rows are unit vectors already (update() puts them back on the sphere)
+        pool = self.W.detach().to(q.dtype, copy=True)
         b = q.shape[0]
         pool_ids, mask, source_weights = self._constants(b, q)
         sim = q @ pool.T  # (B, M) the objective's similarities (negs.sim), with q's gradients
@@ -170,7 +173,7 @@ class Adversarial(Strategy):
             pool=pool,
             pool_ids=pool_ids,  # (M,) -1: learned, no dataset id
             mask=mask,  # (B, M) all
-            sources=ctx.ids[nearest][:, None],  # (M, 1)
+            sources=ctx.ids.index_select(0, nearest)[:, None],  # (M, 1)
             source_weights=source_weights,  # (M, 1)
         )
 
@@ -191,7 +194,7 @@ class Adversarial(Strategy):
             qn = key[2].to(w.dtype)
         g = ascent_gradient(w, q, k, c.tau_neg, qn)  # (M, D)
         if full:
-            self.velocity.mul_(c.mu).add_(g)  # (M, D)
+            torch.add(g, self.velocity, alpha=c.mu, out=self.velocity)  # (M, D) mu v + g
             w.add_(self.velocity, alpha=c.lr_neg)  # (M, D) then onto the sphere, in place
             w.div_(w.norm(dim=1, keepdim=True).clamp_min_(1e-12))  # as F.normalize does
         else:
