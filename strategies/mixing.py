@@ -45,16 +45,18 @@ pool rows f and g (f = a for a query mix),
 gradient is the one of "anchors against detached mixes": d(a . h)/da = h = (w/n) x_f +
 ((1 - w)/n) x_g, nothing through the parents; :class:`_MixedSimilarity` folds it into the (A, P)
 product's own backward (the mix columns' gradients, times w/n and (1 - w)/n, added into columns
-f and g of the (A, P) gradient before it multiplies the pool), so the backward is the same two
-(A, P) x (P, D) products as a plain InfoNCE's.
+f and g of the (A, P) gradient G before it multiplies the pool). As S = z z^T, the backward is
+one (P, P) x (P, D) product, (G + G^T) z, where a plain InfoNCE's takes two.
 
 NOTE: cost. One (A, P) x D product per step, shared by the ranking and the objective (``sim``;
 the objective's FLOPs count it, so nothing is charged as mining); the paper ranks the logits its
 loss computes too. The mixes cost O(A (s+s')) entries of S, where the paper's synthesis is
-O(A (s+s') D); ``charge_adversary`` counts those A (s+s') mix similarities. The backward is the
-plain InfoNCE one (two (A, P) x (P, D) products) plus a scatter of A (s+s') entries. What is
-left above a plain InfoNCE is mostly the ranking, a top-N over the (A, P) matrix (see
-:func:`hardest`; at B = 1024, N = 64 about 10 ms on 2 CPU cores, half the plain InfoNCE's time).
+O(A (s+s') D); ``charge_adversary`` counts those A (s+s') mix similarities. The backward is one
+(A, P) x (P, D) product (see :class:`_MixedSimilarity`) plus a scatter of A (s+s') entries; the
+objective's FLOPs are counted as for every strategy (6 A W D: the nominal forward and two
+backward products), so the cost tables compare strategies, not implementations. What is left
+above a plain InfoNCE is mostly the ranking, a top-N over the (A, P) matrix (see
+:func:`hardest`).
 
 False-negative accounting (``extra_sources``/``extra_source_weights``, (A, s + s', 2)): a pair
 mix stands for the ids of n_i and n_j with weights alpha and 1 - alpha; a query mix for the
@@ -107,57 +109,51 @@ class MixingConfig:
 
 
 class _MixedSimilarity(torch.autograd.Function):
-    """Fills the mix columns of ``out`` = [S | mixes] (A, P + S') in place and returns it, with
-    the gradients of "anchors against the pool and against constant mixes".
+    """Fills the mix columns of ``out`` = [S | mixes] (P, P + S') in place and returns it, with
+    the gradients of "z against itself and against constant mixes".
 
-    Requires A = P with anchor r equal to pool row r (the in-batch layout: the same tensor z), so
-    that S[f, g] is the dot product of pool rows f and g. The caller has written the product
-    S = anchors @ pool.T (detached) into the first P columns of ``out``; ``first``/``second``
-    (A, S') are the parents' pool rows and ``w`` (A, S') the first parent's weight. The S columns
-    get the product's gradient (to the anchors and the pool); a mix column the gradient of
-    "anchor . constant mix", to the anchor only (see the module docstring).
+    The anchors are the pool rows z (the in-batch layout: anchor r is pool row r), so S[f, g] is
+    the dot product of pool rows f and g. The caller has written S = z @ z.T (detached) into the
+    first P columns of ``out``; ``first``/``second`` (P, S') are the parents' pool rows and ``w``
+    (P, S') the first parent's weight. The S columns get the product's gradient; a mix column the
+    gradient of "anchor . constant mix", to the anchor only (see the module docstring).
     """
 
     @staticmethod
-    def forward(ctx, anchors: Tensor, pool: Tensor, out: Tensor, first: Tensor, second: Tensor,
-                w: Tensor) -> Tensor:
-        p, width = pool.shape[0], out.shape[1]
-        sim = out[:, :p]  # (A, P) S
+    def forward(ctx, z: Tensor, out: Tensor, first: Tensor, second: Tensor, w: Tensor) -> Tensor:
+        p, width = z.shape[0], out.shape[1]
+        sim = out[:, :p]  # (P, P) S
 
-        def entries(rows: Tensor, cols: Tensor) -> Tensor:  # S[rows, cols], (A, S') each
+        def entries(rows: Tensor, cols: Tensor) -> Tensor:  # S[rows, cols], (P, S') each
             return out.view(-1).index_select(0, (rows * width).add_(cols).view(-1)).view_as(rows)
 
         diag = sim.diagonal()  # (P,) S[f, f]: squared norms of the pool rows
-        d_f = diag.index_select(0, first.view(-1)).view_as(first)  # (A, S')
-        d_g = diag.index_select(0, second.view(-1)).view_as(second)  # (A, S')
-        v = 1.0 - w  # (A, S')
-        norm2 = (w * w).mul_(d_f).addcmul_(v * v, d_g)  # (A, S')
-        norm2.addcmul_(w * v, entries(first, second), value=2.0)  # (A, S') n^2
-        inv = norm2.clamp_min_(1e-24).rsqrt_()  # (A, S') 1 / max(n, 1e-12), as F.normalize
-        c_f, c_g = w * inv, v.mul_(inv)  # (A, S') h = c_f x_f + c_g x_g
-        mix = out[:, p:]  # (A, S') a . h, written in place
+        d_f = diag.index_select(0, first.view(-1)).view_as(first)  # (P, S')
+        d_g = diag.index_select(0, second.view(-1)).view_as(second)  # (P, S')
+        v = 1.0 - w  # (P, S')
+        norm2 = (w * w).mul_(d_f).addcmul_(v * v, d_g)  # (P, S')
+        norm2.addcmul_(w * v, entries(first, second), value=2.0)  # (P, S') n^2
+        inv = norm2.clamp_min_(1e-24).rsqrt_()  # (P, S') 1 / max(n, 1e-12), as F.normalize
+        c_f, c_g = w * inv, v.mul_(inv)  # (P, S') h = c_f x_f + c_g x_g
+        mix = out[:, p:]  # (P, S') a . h, written in place
         torch.mul(c_f, sim.gather(1, first), out=mix).addcmul_(c_g, sim.gather(1, second))
         ctx.mark_dirty(out)
-        ctx.save_for_backward(anchors, pool, first, second, c_f, c_g)
-        return out  # (A, P + S')
+        ctx.save_for_backward(z, first, second, c_f, c_g)
+        return out  # (P, P + S')
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        anchors, pool, first, second, c_f, c_g = ctx.saved_tensors
-        p = pool.shape[0]
-        g_main = grad[:, :p]  # (A, P)
-        g_mix = grad[:, p:]  # (A, S')
-        grad_anchors = grad_pool = None
-        if ctx.needs_input_grad[0]:
-            g = g_main
-            if g_mix.shape[1]:
-                g = g_main.clone(memory_format=torch.contiguous_format)  # (A, P)
-                g.scatter_add_(1, first, g_mix * c_f)  # (A, P) + the mixes' share of x_f
-                g.scatter_add_(1, second, g_mix * c_g)  # (A, P) ... and of x_g
-            grad_anchors = g @ pool  # (A, D)
-        if ctx.needs_input_grad[1]:
-            grad_pool = g_main.T @ anchors  # (P, D) the real columns only
-        return grad_anchors, grad_pool, None, None, None, None
+        z, first, second, c_f, c_g = ctx.saved_tensors
+        p = z.shape[0]
+        g_main = grad[:, :p]  # (P, P) G, the gradient of S = z z^T
+        g_mix = grad[:, p:]  # (P, S')
+        # dL/dz = G z + G^T z = (G + G^T) z: one (P, P) x (P, D) product where autograd's
+        # MmBackward makes two (the sum costs a quarter of a product at P = 1024 on 2 CPU cores)
+        g = g_main + g_main.T  # (P, P)
+        if g_mix.shape[1]:
+            g.scatter_add_(1, first, g_mix * c_f)  # (P, P) + the mixes' share of x_f
+            g.scatter_add_(1, second, g_mix * c_g)  # (P, P) ... and of x_g
+        return g @ z, None, None, None, None  # (P, D)
 
 
 def gram_buffer(z: Tensor, extra: int) -> Tensor:
@@ -216,10 +212,10 @@ def hardest(sim: Tensor, n: int) -> Tensor:
 
 
 def mixed_similarity(z: Tensor, out: Tensor, first: Tensor, second: Tensor, w: Tensor) -> Tensor:
-    """(A, P + S') the anchors z against the pool z and against the mixes
+    """(P, P + S') the anchors z against the pool z and against the mixes
     normalize(w z[first] + (1 - w) z[second]) held constant; ``out`` from :func:`gram_buffer`
     (filled in place and returned)."""
-    return _MixedSimilarity.apply(z, z, out, first, second, w)
+    return _MixedSimilarity.apply(z, out, first, second, w)
 
 
 @register("mixing")
