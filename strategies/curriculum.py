@@ -187,9 +187,11 @@ def ordered_bits(x: Tensor) -> Tensor:
     flipped, which reverses their order below zero. The map is its own inverse (it keeps the sign
     bit), so ``ordered_bits(i).view(float)`` recovers the floats. -0.0 sorts just below +0.0
     (they compare equal as floats). ``x`` may also be such integers (the inverse). Its only use:
-    torch's CPU sort is ~25% faster on int32 than on float32 rows."""
+    torch's CPU sort and top-k are ~25% faster on int32 than on float32 rows."""
     i = x.view(_SAME_SIZE_INT[x.dtype]) if x.is_floating_point() else x
-    return i ^ ((i >> (8 * i.element_size() - 1)) & torch.iinfo(i.dtype).max)
+    flip = i >> (8 * i.element_size() - 1)  # -1 where the sign bit is set, else 0
+    flip &= torch.iinfo(i.dtype).max  # there, every bit but the sign
+    return flip.bitwise_xor_(i)  # one new tensor, not three
 
 
 def sort_rows(bits: Tensor) -> Tensor:
