@@ -208,13 +208,15 @@ def sort_rows(bits: Tensor) -> Tensor:
 
 
 def sampled_window_mask(sim: Tensor, valid: Tensor, width: float, p: float,
-                        cols: Tensor | None) -> Tensor:
+                        cols: Tensor | None, valid_s: Tensor | None = None) -> Tensor:
     """(A, P) bool, ``ranking="sample"``: each anchor's window as similarity thresholds read
     from its similarities to the sampled pool columns ``cols`` (S,) (None: all columns).
 
-    ``sim`` (A, P) similarities (detached), ``valid`` (A, P) bool; see the module docstring for
-    the rule. A bound that is -inf (+inf) for every anchor, which the host knows from p and the
-    width alone, is not compared at all."""
+    ``sim`` (A, P) similarities (detached), ``valid`` (A, P) bool; ``valid_s`` (A, S), when
+    given, is ``valid``'s sampled columns, made more cheaply by the caller (a bool
+    ``index_select`` along dim 1 costs as much as four float ones on CPUs). See the module
+    docstring for the rule. A bound that is -inf (+inf) for every anchor, which the host knows
+    from p and the width alone, is not compared at all."""
     wq, pq = quantise(width), quantise(p)
     need_lo = 0 < pq and wq < Q  # else lo_s <= 0 for every anchor: t_lo = -inf
     need_hi = pq < Q and wq < Q  # else hi_s = n_s for every anchor: t_hi = +inf
@@ -222,7 +224,9 @@ def sampled_window_mask(sim: Tensor, valid: Tensor, width: float, p: float,
         return valid
     inf = float("inf")
     ks = sim if cols is None else sim.index_select(1, cols)  # (A, S)
-    vs = valid if cols is None else valid.index_select(1, cols)  # (A, S)
+    if valid_s is None:
+        valid_s = valid if cols is None else valid.index_select(1, cols)
+    vs = valid_s  # (A, S)
     s = ks.shape[1]
     v = sort_rows(ordered_bits(torch.where(vs, ks, inf)))  # (A, S) invalid ones last
     n_s = vs.sum(1, keepdim=True)  # (A, 1) valid sampled candidates
@@ -279,7 +283,9 @@ class Curriculum(Strategy):
                 sel = window_mask(sim, negs.mask, cfg.width, p)  # (A, P)
             else:
                 cols = sample_columns(n, cfg.rank_sample, ctx.generator, q.device)  # (S,)
-                sel = sampled_window_mask(sim, negs.mask, cfg.width, p, cols)  # (A, P)
+                vs = None if cols is None else (  # (A, S) the mask's sampled columns, from ids
+                    negs.anchor_ids[:, None] != negs.pool_ids.index_select(0, cols)[None, :])
+                sel = sampled_window_mask(sim, negs.mask, cfg.width, p, cols, vs)  # (A, P)
             negs.mask = sel
             if cfg.beta_max > 0.0:
                 negs.weights = importance_weights(sim, sel, cfg.beta_max * p,
