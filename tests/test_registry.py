@@ -153,19 +153,24 @@ def test_strategy_same_seed_same_output(name):
             assert torch.equal(a.weights, b.weights)
 
 
+@dataclasses.dataclass(frozen=True)
+class _NoConfig:
+    space = {}
+
+
+def _offender(name: str, mine) -> Strategy:
+    """An unregistered strategy (D=16, 300 training items) whose ``mine(self, q, k, ctx)`` is
+    given: the contract tests' deliberate offenders."""
+    cls = type(name, (Strategy,), {"name": name, "Config": _NoConfig, "mine": mine})
+    return cls(_NoConfig(), dim=16, n_train=300)
+
+
 def test_contract_violation_is_caught():
-    class Cheater(Strategy):
-        name = "cheater"
+    def mine(self, q, k, ctx):
+        return Negatives(anchors=q, positives=k, anchor_ids=ctx.ids, pool=k,
+                         pool_ids=ctx.ids, mask=torch.ones(len(q), len(k), dtype=torch.bool))
 
-        @dataclasses.dataclass(frozen=True)
-        class Config:
-            space = {}
-
-        def mine(self, q, k, ctx):
-            return Negatives(anchors=q, positives=k, anchor_ids=ctx.ids, pool=k,
-                             pool_ids=ctx.ids, mask=torch.ones(len(q), len(k), dtype=torch.bool))
-
-    s = Cheater(Cheater.Config(), dim=16, n_train=300)
+    s = _offender("cheater", mine)
     ids, q, k = _inputs()
     s.select(q, k, make_ctx(ids, Table(300, 16)))
     with pytest.raises(StrategyError, match="own instance"):
@@ -178,22 +183,15 @@ def test_own_instance_in_one_row_of_the_key_half_is_caught_within_a_rotation():
     from strategies.base import CHECK_ROWS
     from strategies.in_batch import in_batch_negatives
 
-    class OneBadRow(Strategy):
-        name = "one-bad-row"
-
-        @dataclasses.dataclass(frozen=True)
-        class Config:
-            space = {}
-
-        def mine(self, q, k, ctx):
-            negs = in_batch_negatives(q, k, ctx.ids)
-            mask = negs.mask.clone()
-            mask[-1] = True  # the last key-view anchor takes its own two views
-            negs.mask = mask
-            return negs
+    def mine(self, q, k, ctx):
+        negs = in_batch_negatives(q, k, ctx.ids)
+        mask = negs.mask.clone()
+        mask[-1] = True  # the last key-view anchor takes its own two views
+        negs.mask = mask
+        return negs
 
     b = 2 * CHECK_ROWS  # A = 2B = 4 blocks of rows
-    s = OneBadRow(OneBadRow.Config(), dim=16, n_train=300)
+    s = _offender("one-bad-row", mine)
     ids, q, k = _inputs(b=b)
     table = Table(300, 16)
     for step in range(3):  # the last block is not looked at before step 3
@@ -209,21 +207,14 @@ def test_constant_weights_written_in_place_are_checked_again():
     its version changes and it is checked again."""
     from strategies.in_batch import in_batch_negatives
 
-    class ConstantWeights(Strategy):
-        name = "constant-weights"
+    def mine(self, q, k, ctx):
+        negs = in_batch_negatives(q, k, ctx.ids)
+        if not hasattr(self, "w"):
+            self.w = torch.ones(negs.mask.shape)
+        negs.weights = self.w
+        return negs
 
-        @dataclasses.dataclass(frozen=True)
-        class Config:
-            space = {}
-
-        def mine(self, q, k, ctx):
-            negs = in_batch_negatives(q, k, ctx.ids)
-            if not hasattr(self, "w"):
-                self.w = torch.ones(negs.mask.shape)
-            negs.weights = self.w
-            return negs
-
-    s = ConstantWeights(ConstantWeights.Config(), dim=16, n_train=300)
+    s = _offender("constant-weights", mine)
     ids, q, k = _inputs()
     table = Table(300, 16)
     for step in range(2):
@@ -239,27 +230,20 @@ def test_constant_weights_written_in_place_are_checked_again():
 def test_bad_weights_and_indices_are_caught(bad):
     """Weights (checked by their least and largest entries) must be finite and >= 0, indices
     inside the pool; one bad entry among valid ones is enough."""
-    class Picky(Strategy):
-        name = "picky"
+    def mine(self, q, k, ctx):
+        b = len(q)
+        index = torch.stack([(torch.arange(b) + 1) % b, (torch.arange(b) + 2) % b], dim=1)
+        weights = torch.rand(b, 2) + 0.5  # (B, 2)
+        if bad == "index-low":
+            index[3, 1] = -1
+        elif bad == "index-high":
+            index[3, 1] = b
+        elif bad != "none":
+            weights[3, 1] = {"nan": math.nan, "inf": math.inf, "negative": -1e-6}[bad]
+        return Negatives(anchors=q, positives=k, anchor_ids=ctx.ids, pool=k,
+                         pool_ids=ctx.ids, index=index, weights=weights)
 
-        @dataclasses.dataclass(frozen=True)
-        class Config:
-            space = {}
-
-        def mine(self, q, k, ctx):
-            b = len(q)
-            index = torch.stack([(torch.arange(b) + 1) % b, (torch.arange(b) + 2) % b], dim=1)
-            weights = torch.rand(b, 2) + 0.5  # (B, 2)
-            if bad == "index-low":
-                index[3, 1] = -1
-            elif bad == "index-high":
-                index[3, 1] = b
-            elif bad != "none":
-                weights[3, 1] = {"nan": math.nan, "inf": math.inf, "negative": -1e-6}[bad]
-            return Negatives(anchors=q, positives=k, anchor_ids=ctx.ids, pool=k,
-                             pool_ids=ctx.ids, index=index, weights=weights)
-
-    s = Picky(Picky.Config(), dim=16, n_train=300)
+    s = _offender("picky", mine)
     ids, q, k = _inputs()
     if bad == "index-high":  # the own-instance lookup through the index fails first, at once
         with pytest.raises(IndexError):
@@ -274,20 +258,13 @@ def test_bad_weights_and_indices_are_caught(bad):
 
 
 def test_bad_shapes_are_rejected_at_once():
-    class Wrong(Strategy):
-        name = "wrong"
-
-        @dataclasses.dataclass(frozen=True)
-        class Config:
-            space = {}
-
-        def mine(self, q, k, ctx):
-            return Negatives(anchors=q, positives=k, anchor_ids=ctx.ids, pool=k,
-                             pool_ids=ctx.ids, mask=torch.ones(len(q), 3, dtype=torch.bool))
+    def mine(self, q, k, ctx):
+        return Negatives(anchors=q, positives=k, anchor_ids=ctx.ids, pool=k,
+                         pool_ids=ctx.ids, mask=torch.ones(len(q), 3, dtype=torch.bool))
 
     ids, q, k = _inputs()
     with pytest.raises(StrategyError, match="mask has shape"):
-        Wrong(Wrong.Config(), dim=16, n_train=300).select(q, k, make_ctx(ids, Table(300, 16)))
+        _offender("wrong", mine).select(q, k, make_ctx(ids, Table(300, 16)))
 
 
 @pytest.mark.parametrize("name", STRATEGIES)
