@@ -86,14 +86,13 @@ class _ShiftedNCE(torch.autograd.Function):
         # 256 MB of fresh pages, a third of an exp's time on 2 CPU cores
         e = torch.mul(sim, c).exp_()  # (A, W) unshifted: e^{c s}
         wt = None
-        keep_e = ctx.needs_input_grad[2]  # the weights' gradient needs e itself
         if t:
             tw = torch.add(sim, -1.0).mul_(t).exp_().mul_(w)  # (A, W) e^{t (s - 1)}, masked
             tot = tw.sum(1).clamp_min(torch.finfo(sim.dtype).tiny)  # (A,) 0 n: 0 weights
             wt = tw.mul_((n / tot).unsqueeze(1))  # (A, W) the tilt weights, mean 1
-            ew = e * wt if keep_e else e.mul_(wt)  # (A, W)
-        else:
-            ew = e * w if keep_e else e.mul_(w)  # (A, W)
+        weight = w if wt is None else wt  # (A, W)
+        keep_e = ctx.needs_input_grad[2]  # the weights' gradient needs e itself
+        ew = e * weight if keep_e else e.mul_(weight)  # (A, W)
         big_s = ew.sum(1).mul_(shift)  # (A,) shifted
         e_pos = torch.exp((pos - 1.0) * c)  # (A,)
         if tp == 0.0:
