@@ -18,7 +18,6 @@ import tempfile
 from pathlib import Path
 
 import torch
-import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import test_distributed as T  # noqa: E402  (the test's trace, so both measure one thing)
@@ -27,10 +26,7 @@ import test_distributed as T  # noqa: E402  (the test's trace, so both measure o
 def compare(strategy: str) -> str:
     one = T.trace(strategy)
     with tempfile.TemporaryDirectory() as d:
-        out = str(Path(d) / "trace")
-        mp.start_processes(T._rank, args=(2, T._port(), strategy, out), nprocs=2,
-                           start_method="spawn")
-        two = [torch.load(f"{out}.{r}") for r in range(2)]
+        two = T.two_ranks(strategy, str(Path(d) / "trace"))
     same = steps = 0
     dloss = dgrad = dparam = 0.0
     for r in two:

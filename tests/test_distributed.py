@@ -69,12 +69,16 @@ def _rank(rank: int, world: int, port: int, strategy: str, out: str) -> None:
     torch.save(result, f"{out}.{rank}")
 
 
+def two_ranks(strategy: str, out: str) -> list[dict]:
+    """The trace of each of 2 spawned ranks (gloo on CPU processes), saved at ``out``.{rank}."""
+    mp.start_processes(_rank, args=(2, _port(), strategy, out), nprocs=2, start_method="spawn")
+    return [torch.load(f"{out}.{r}") for r in range(2)]
+
+
 @pytest.mark.parametrize("strategy", list(SETS))
 def test_two_ranks_with_half_batches_equal_one_rank(strategy, tmp_path):
     one = trace(strategy)
-    out = str(tmp_path / "trace")
-    mp.start_processes(_rank, args=(2, _port(), strategy, out), nprocs=2, start_method="spawn")
-    two = [torch.load(f"{out}.{r}") for r in range(2)]
+    two = two_ranks(strategy, str(tmp_path / "trace"))
     assert one["world"] == 1 and two[0]["world"] == 2
     for r in two:  # every rank sees the global batch: the same selection, loss and model
         assert r["samples"] == one["samples"] == STEPS * BATCH  # the budget counts globally
