@@ -17,8 +17,8 @@ import argparse
 
 import mlflow
 
-from harness.cli import format_value
-from harness.tracking import resolve_uri
+from negbench.harness.cli import format_value
+from negbench.harness.tracking import resolve_uri
 
 COLUMNS = [  # (metric, header, spread?)
     ("knn_acc", "kNN acc", True),

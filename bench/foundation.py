@@ -13,10 +13,10 @@ import time
 
 import torch
 
-import suites
-from harness.config import build_config
-from harness.evaluate import embed, knn_top1, linear_probe
-from harness.runner import resolve_device, run
+from negbench import suites
+from negbench.harness.config import build_config
+from negbench.harness.evaluate import embed, knn_top1, linear_probe
+from negbench.harness.runner import resolve_device, run
 
 
 def floors(suite_name: str, seed: int) -> dict[str, float]:

@@ -17,7 +17,8 @@ from one pair to the next, and the script prints every figure, each pair's ratio
 and two ratios: the median of the pairs' ratios (the headline: a pair shares the machine's
 state of the moment, so a neighbour's load on this shared VM cancels) and the ratio of the
 medians. ``--in-process`` measures both warm instead: one process runs each once untimed, then
-the pairs, calling :func:`harness.runner.run` (what ``negbench run`` calls, tracking included)
+the pairs, calling :func:`negbench.harness.runner.run` (what ``negbench run`` calls, tracking
+included)
 for the harness.
 """
 
@@ -36,8 +37,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-import suites
-from harness.config import build_config
+from negbench import suites
+from negbench.harness.config import build_config
 
 
 def bare_loop(suite_name: str, samples: int, seed: int, device: str) -> float:
@@ -87,7 +88,7 @@ def bare_loop(suite_name: str, samples: int, seed: int, device: str) -> float:
 
 def harness_run(suite_name: str, samples: int, seed: int, device: str, root: str) -> float:
     """Samples per second of ``negbench run`` (training wall-clock), tracked in mlflow."""
-    cmd = [sys.executable, "-m", "harness.cli", "run", "--suite", suite_name, "--strategy",
+    cmd = [sys.executable, "-m", "negbench.harness.cli", "run", "--suite", suite_name, "--strategy",
            "in-batch", "--seed", str(seed), "--budget", f"samples={samples}", "--device",
            device, "--tracking-uri", f"sqlite:///{root}/mlflow.db", "--json",
            "--set", "eval.linear_epochs=1"]
@@ -124,8 +125,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="negbench-overhead-") as root:
         os.environ.setdefault("OMP_NUM_THREADS", str(threads))
         if args.in_process:
-            from harness.config import parse_budget
-            from harness.runner import run
+            from negbench.harness.config import parse_budget
+            from negbench.harness.runner import run
 
             cfg = build_config(args.suite, "in-batch", seed=args.seed,
                                budget=parse_budget(f"samples={args.samples}"),

@@ -92,10 +92,10 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-import strategies
-from harness.objectives import info_nce
-from strategies import StepContext, Strategy
-from strategies.semi_hard import SemiHardConfig
+from negbench import strategies
+from negbench.harness.objectives import info_nce
+from negbench.strategies import StepContext, Strategy
+from negbench.strategies.semi_hard import SemiHardConfig
 
 D = 128
 TAU = 0.2

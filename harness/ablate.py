@@ -24,7 +24,7 @@ import sys
 import threading
 from collections.abc import Callable
 
-from harness.spec import Cell, Spec
+from negbench.harness.spec import Cell, Spec
 
 CELL_TAG = "negbench.cell"
 SPEC_TAG = "negbench.spec"
@@ -38,7 +38,7 @@ def _client(uri: str | None):
     for name in ("alembic", "mlflow"):  # a new sqlite store's migration chatter
         logging.getLogger(name).setLevel(logging.WARNING)
 
-    from harness.tracking import resolve_uri
+    from negbench.harness.tracking import resolve_uri
 
     return MlflowClient(tracking_uri=resolve_uri(uri))
 
@@ -89,8 +89,8 @@ def run_cell(spec: Spec, cell: Cell, *, tracking_uri: str | None, data_dir: str 
     """Run one cell, tracked with its key; ``emit(kind, cell, **info)`` hears its start,
     progress and end. (its metrics, None), or (None, the reason) when it failed: a failure is
     recorded in the tracking store and raised no further."""
-    from harness.runner import RunFailed, run
-    from strategies import StrategyError
+    from negbench.harness.runner import RunFailed, run
+    from negbench.strategies import StrategyError
 
     emit("start", cell)
 
@@ -180,13 +180,14 @@ def spawn_workers(spec: Spec, cells: list[Cell], spec_path: str, n: int,
                   tracking_uri: str | None, data_dir: str | None,
                   on_line: Callable[[int, dict], None]) -> list[int]:
     """Start ``n`` child processes (``negbench ablate SPEC --queue URL --events``) that take
-    cells from one work queue (:mod:`harness.worker`, in a sqlite file made for this call) as
+    cells from one work queue (:mod:`negbench.harness.worker`, in a sqlite file made for this call)
+    as
     they become free, pass each JSON event line to ``on_line(i, event)``, and return their exit
     codes."""
     import shutil
     import tempfile
 
-    from harness import worker as W
+    from negbench.harness import worker as W
 
     tmp = tempfile.mkdtemp(prefix="negbench-queue-")
     try:
@@ -194,8 +195,8 @@ def spawn_workers(spec: Spec, cells: list[Cell], spec_path: str, n: int,
         W.open_queue(spec, cells, url, tracking_uri)  # the tables, before the children
         procs = []
         for i in range(n):
-            cmd = [sys.executable, "-m", "harness.cli", "ablate", spec_path, "--queue", url,
-                   "--events"]
+            cmd = [sys.executable, "-m", "negbench.harness.cli", "ablate", spec_path, "--queue",
+                   url, "--events"]
             if tracking_uri:
                 cmd += ["--tracking-uri", tracking_uri]
             if data_dir:

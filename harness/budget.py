@@ -16,7 +16,7 @@ import math
 import time
 from collections.abc import Callable
 
-from harness.config import BudgetConfig, OptimConfig
+from negbench.harness.config import BudgetConfig, OptimConfig
 
 
 class Budget:

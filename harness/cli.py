@@ -132,8 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "path")
     p.add_argument("--no-progress", action="store_true", help="no live view")
 
-    from harness.tune import add_parser as add_tune_parser
-    from reports.cli import add_parser as add_report_parser
+    from negbench.harness.tune import add_parser as add_tune_parser
+    from negbench.reports.cli import add_parser as add_report_parser
 
     add_tune_parser(sub)
     add_report_parser(sub)
@@ -157,21 +157,21 @@ def _console(stderr: bool = True):
 
 
 def _config(args, suite: str, strategy: str, seed: int):
-    from harness.config import build_config, parse_budget, parse_sets
+    from negbench.harness.config import build_config, parse_budget, parse_sets
 
     sets = parse_sets(args.sets)
     if args.device:
         sets["device"] = args.device
     budget = parse_budget(args.budget) if args.budget else None
     cfg = build_config(suite, strategy, seed=seed, budget=budget, sets=sets)
-    import suites
+    from negbench import suites
 
     suites.create(cfg.suite, cfg.suite_cfg, data_dir=args.data_dir).locate()  # fail before work
     return cfg
 
 
 def _run_one(cfg, args, experiment: str, progress, task=None):
-    from harness.runner import run
+    from negbench.harness.runner import run
 
     def on_log(point):
         if progress is not None and task is not None:
@@ -194,7 +194,7 @@ def _progress(console, disable: bool):
 
 
 def cmd_run(args) -> int:
-    from harness.tracking import resolve_uri
+    from negbench.harness.tracking import resolve_uri
 
     cfg = _config(args, args.suite, args.strategy, args.seed)
     console = _console()
@@ -267,9 +267,9 @@ def format_value(v) -> str:
 def cmd_demo(args) -> int:
 
 
-    import strategies
-    from harness.runner import RunFailed
-    from harness.tracking import resolve_uri
+    from negbench import strategies
+    from negbench.harness.runner import RunFailed
+    from negbench.harness.tracking import resolve_uri
 
     names = strategies.names() if args.strategies == "all" else [
         s.strip() for s in args.strategies.split(",") if s.strip()]
@@ -311,7 +311,7 @@ def cmd_strategies(args) -> int:
 
     from rich.table import Table
 
-    import strategies
+    from negbench import strategies
 
     t = Table(title="negative-sampling strategies")
     for c in ("name", "paper", "knobs (defaults)"):
@@ -328,7 +328,7 @@ def cmd_strategies(args) -> int:
 def cmd_suites(args) -> int:
     from rich.table import Table
 
-    import suites
+    from negbench import suites
 
     t = Table(title="benchmark suites")
     for c in ("name", "modality", "data source", "size (train/val/test)", "encoder",
@@ -387,16 +387,16 @@ def _show_cell(progress, row, who: str, kind: str, label: str, info: dict,
 def cmd_ablate(args) -> int:
     from rich.table import Table
 
-    from harness import ablate as A
-    from harness.spec import load_spec
-    from harness.tracking import resolve_uri
+    from negbench.harness import ablate as A
+    from negbench.harness.spec import load_spec
+    from negbench.harness.tracking import resolve_uri
 
     spec = load_spec(args.spec)
     cells = spec.cells()
     if args.workers < 1:
         raise _UserError("--workers must be >= 1")
     if args.queue is not None:  # a local worker: cells from the queue, events as JSON lines
-        from harness import worker as W
+        from negbench.harness import worker as W
 
         _thread_share()
 
@@ -455,8 +455,8 @@ def cmd_ablate(args) -> int:
 
 
 def cmd_worker(args) -> int:
-    from harness import worker as W
-    from harness.spec import load_spec
+    from negbench.harness import worker as W
+    from negbench.harness.spec import load_spec
 
     spec = load_spec(args.spec)
     cells = spec.cells()
@@ -496,8 +496,8 @@ def cmd_worker(args) -> int:
 def _ablation_summary(spec, cells, tracking_uri, failures: dict[str, str], args) -> int:
     """The end of ``ablate`` and ``worker``: a table per suite, failures, the budget audit, and
     with ``--report`` the comparison report (written even when some cells failed)."""
-    from harness import ablate as A
-    from harness.tracking import resolve_uri
+    from negbench.harness import ablate as A
+    from negbench.harness.tracking import resolve_uri
 
     done = A.completed(tracking_uri, spec.name)
     out = _console(stderr=False)
@@ -529,7 +529,7 @@ def _ablation_summary(spec, cells, tracking_uri, failures: dict[str, str], args)
     out.print(f"{len(cells) - len(missing)} of {len(cells)} cells completed; runs in experiment "
               f"{spec.name!r} at {resolve_uri(tracking_uri)}")
     if args.report and len(missing) < len(cells):
-        from reports.cli import generate
+        from negbench.reports.cli import generate
 
         with _progress(_console(), args.no_progress) as progress:
             index = generate(tracking_uri, spec.name, progress=progress)
@@ -545,12 +545,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
-    from harness.config import ConfigError
-    from harness.runner import RunFailed
-    from harness.spec import SpecError
-    from strategies import StrategyError
-    from strategies.registry import RegistryError
-    from suites import SuiteError
+    from negbench.harness.config import ConfigError
+    from negbench.harness.runner import RunFailed
+    from negbench.harness.spec import SpecError
+    from negbench.strategies import StrategyError
+    from negbench.strategies.registry import RegistryError
+    from negbench.suites import SuiteError
 
     # the command every run records (tag negbench.command); worker processes inherit it, and a
     # worker keeps the command of the process that started it

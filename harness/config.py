@@ -14,10 +14,9 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-import strategies
-import suites
-from harness.objectives import ObjectiveConfig, ObjectiveError
-from strategies.registry import RegistryError
+from negbench import strategies, suites
+from negbench.harness.objectives import ObjectiveConfig, ObjectiveError
+from negbench.strategies.registry import RegistryError
 
 
 class ConfigError(ValueError):
@@ -244,7 +243,7 @@ def build_config(suite: str, strategy: str, seed: int = 0, budget: BudgetConfig 
 
     ``strategy.*`` keys go to the strategy's config, ``suite.*`` to the suite's, the rest to the
     run's own groups. The suite's default budget and batch size, and its
-    :meth:`~suites.Suite.run_defaults`, fill in what is left unset."""
+    :meth:`~negbench.suites.Suite.run_defaults`, fill in what is left unset."""
     try:
         strat_cls = strategies.get(strategy)
         suite_cls = suites.get(suite)

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from harness.config import EvalConfig
-from suites import Split, Suite, SuiteData
+from negbench.harness.config import EvalConfig
+from negbench.suites import Split, Suite, SuiteData
 
 # called with the name of every split an evaluation reads ("val", "test"), before it reads it
 split_listeners: list[Callable[[str], None]] = []
@@ -86,7 +86,7 @@ def linear_probe(train_f: Tensor, train_y: Tensor, query_f: Tensor, query_y: Ten
 def evaluate(encoder: nn.Module, suite: Suite, data: SuiteData, cfg: EvalConfig,
              seed: int) -> dict[str, float]:
     """kNN and linear accuracy on ``cfg.split`` (test, or val when tuning), and the suite's own
-    metrics on the same split (:meth:`suites.Suite.evaluate_extra`)."""
+    metrics on the same split (:meth:`negbench.suites.Suite.evaluate_extra`)."""
     query = read_split(data, cfg.split)
     tf = embed(encoder, suite, data.train.x)
     qf = embed(encoder, suite, query.x)

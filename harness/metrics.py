@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from strategies import Negatives
+from negbench.strategies import Negatives
 
 BINS = 1000  # similarity histogram over [-1, 1] for the hardness deciles
 HIST_ANCHORS = 64  # anchors per sampled step whose pairs enter that histogram

@@ -1,4 +1,4 @@
-"""Training objectives over a strategy's :class:`~strategies.Negatives`.
+"""Training objectives over a strategy's :class:`~negbench.strategies.Negatives`.
 
 The objective is fixed for a whole ablation and chosen independently of the strategy. Every
 objective returns the loss and the (A, P) cosine similarities it computed, detached, so that the
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from strategies import Negatives
+from negbench.strategies import Negatives
 
 
 class ObjectiveError(ValueError):

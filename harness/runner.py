@@ -25,17 +25,16 @@ from typing import Any
 
 import torch
 
-import strategies
-import suites
-from harness import distributed
-from harness.budget import Budget, learning_rate
-from harness.config import ConfigError, RunConfig
-from harness.cost import CostMeter, PhaseClock, peak_host_mb, probe_flops
-from harness.evaluate import embed, evaluate
-from harness.metrics import NegativeMeter
-from harness.objectives import make_objective, objective_flops
-from harness.tracking import Tracker, run_tags
-from strategies import Negatives, StepContext
+from negbench import strategies, suites
+from negbench.harness import distributed
+from negbench.harness.budget import Budget, learning_rate
+from negbench.harness.config import ConfigError, RunConfig
+from negbench.harness.cost import CostMeter, PhaseClock, peak_host_mb, probe_flops
+from negbench.harness.evaluate import embed, evaluate
+from negbench.harness.metrics import NegativeMeter
+from negbench.harness.objectives import make_objective, objective_flops
+from negbench.harness.tracking import Tracker, run_tags
+from negbench.strategies import Negatives, StepContext
 
 HARD_NEGATIVE_ID = -1  # dataset id of a supervised hard negative: not a training item
 
@@ -62,9 +61,11 @@ def with_hard_negatives(negs: Negatives, h: torch.Tensor) -> Negatives:
     """``negs`` with one supervised hard negative per query anchor appended as an extra column.
 
     ``h`` (B, D) holds the encoded hard negatives of the batch's B instances (the suite's
-    :meth:`~suites.Suite.hard_negative_view`, with gradients). The anchors whose positive is the
+    :meth:`~negbench.suites.Suite.hard_negative_view`, with gradients). The anchors whose positive
+    is the
     second view are the query views: all A = B anchors of an asymmetric strategy, the first B of
-    a symmetric one (A = 2B, anchors [q; k], :func:`strategies.in_batch.in_batch_negatives`'
+    a symmetric one (A = 2B, anchors [q; k],
+    :func:`negbench.strategies.in_batch.in_batch_negatives`'
     layout). Row i (and i + B) gets h_i; for the key-view anchors (rows B..2B) it is masked out
     (``extra_mask``), as in SimCSE, whose loss contrasts the contradiction with the premise only.
 
@@ -460,7 +461,7 @@ class Trainer:
     def knn_accuracy(self, split: str) -> float:
         """kNN top-1 of the encoder as it is now on ``split`` (``val`` for tuning): the cheap
         evaluation of a checkpoint (no linear probe, no suite extras)."""
-        from harness.evaluate import knn_accuracy
+        from negbench.harness.evaluate import knn_accuracy
 
         return knn_accuracy(self.encoder, self.suite, self.data_on_device(), split,
                             self.cfg.eval)
@@ -517,7 +518,8 @@ def run(cfg: RunConfig, *, tracking_uri: str | None = None, experiment: str = "n
     seen), and it may raise :class:`RunStopped` to end the run early. ``on_tracked(run_id)`` is
     called as soon as the mlflow run exists (before training).
 
-    In a distributed run (``torchrun``; see :mod:`harness.distributed`) every rank trains and
+    In a distributed run (``torchrun``; see :mod:`negbench.harness.distributed`) every rank trains
+    and
     evaluates the same model; rank 0 alone records the run, and ``world_size`` says how many
     processes it took."""
     trainer = Trainer(cfg, data_dir=data_dir)

@@ -1,5 +1,5 @@
 """Ablation specs: a TOML file naming suites x strategies x seeds under one budget, expanded into
-cells, each a fully resolved :class:`~harness.config.RunConfig` with a stable identity.
+cells, each a fully resolved :class:`~negbench.harness.config.RunConfig` with a stable identity.
 
 Format (every key but ``suites`` and ``strategies`` optional)::
 
@@ -51,9 +51,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import strategies
-import suites
-from harness.config import ConfigError, RunConfig, build_config, parse_budget
+from negbench import strategies, suites
+from negbench.harness.config import ConfigError, RunConfig, build_config, parse_budget
 
 TOP_KEYS = ("name", "suites", "strategies", "seeds", "budget", "tuned", "objective",
             "overrides", "strategy", "suite")

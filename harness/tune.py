@@ -109,9 +109,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.cli import add_tracking_uri
-from harness.config import BudgetConfig, ConfigError, RunConfig, build_config
-from strategies.base import Choice, Float, Int
+from negbench.harness.cli import add_tracking_uri
+from negbench.harness.config import BudgetConfig, ConfigError, RunConfig, build_config
+from negbench.strategies.base import Choice, Float, Int
 
 DEFAULT_PREFIX = "tune"
 DEFAULT_EXPERIMENT = "tune"
@@ -417,7 +417,7 @@ class StudyWork:
     def __init__(self, job: Job, suite: str, strategy: str, storage, create: bool):
         import optuna
 
-        import suites as suite_registry
+        from negbench import suites as suite_registry
 
         self.job, self.suite, self.strategy = job, suite, strategy
         self.name = study_name(job.prefix, suite, strategy)
@@ -547,7 +547,7 @@ class StudyWork:
         process is about to run trials under it."""
         if self.parent_id is not None:
             return self.parent_id
-        from harness.tracking import Tracker, command_line
+        from negbench.harness.tracking import Tracker, command_line
 
         tracker = Tracker(self.job.tracking_uri, self.job.experiment)
         client = tracker.client
@@ -572,7 +572,7 @@ class StudyWork:
     def close_parent(self) -> None:
         """Log the study's summary on its parent run and end it FINISHED (once it has its T
         trials); nothing when it is already ended."""
-        from harness.tracking import Tracker
+        from negbench.harness.tracking import Tracker
 
         tracker = Tracker(self.job.tracking_uri, self.job.experiment)
         found = self._find_parent(tracker)
@@ -636,8 +636,8 @@ class StudyWork:
     def _objective(self, trial, parent: str, on_event, ended: list[TrialEnd]) -> float:
         import optuna
 
-        from harness.runner import RunFailed, RunStopped, run
-        from strategies import StrategyError
+        from negbench.harness.runner import RunFailed, RunStopped, run
+        from negbench.strategies import StrategyError
 
         n = trial.number
         rank = sum(1 for t in self.trials() if t.number < n and claims(t))
@@ -705,7 +705,7 @@ class StudyWork:
         return value
 
     def _failed_run(self, run_name: str, params: dict, tags: dict, reason: str, trial) -> None:
-        from harness.tracking import Tracker
+        from negbench.harness.tracking import Tracker
 
         tracker = Tracker(self.job.tracking_uri, self.job.experiment)
         tracker.start(run_name, {**params, "suite": self.suite, "strategy": self.strategy},
@@ -724,7 +724,7 @@ def _metric(key: str, value: float, step: int):
 def _client(uri: str | None):
     from mlflow import MlflowClient
 
-    from harness.tracking import resolve_uri
+    from negbench.harness.tracking import resolve_uri
 
     _quiet()
     return MlflowClient(tracking_uri=resolve_uri(uri))
@@ -960,9 +960,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def job_from_args(args) -> Job:
-    import strategies
-    import suites
-    from harness.config import parse_budget, parse_sets
+    from negbench import strategies, suites
+    from negbench.harness.config import parse_budget, parse_sets
 
     missing = [o for o, v in (("--suite", args.suite), ("--strategy", args.strategy),
                               ("--trials", args.trials)) if v is None]
@@ -1009,7 +1008,7 @@ def job_from_args(args) -> Job:
 
 
 def cmd_tune(args) -> int:
-    from harness.cli import _console, _progress
+    from negbench.harness.cli import _console, _progress
 
     if args.export:
         storage = args.storage or default_storage()
@@ -1088,7 +1087,7 @@ def cmd_tune(args) -> int:
         out.print(t)
     for line in failures:
         out.print(f"[red]failed[/red] {line}", highlight=False)
-    from harness.tracking import resolve_uri
+    from negbench.harness.tracking import resolve_uri
 
     out.print(f"tuning wall-clock {wall:,.1f} s; studies in {shown_url(job.storage)} "
               f"(prefix {job.prefix!r}), runs in mlflow experiment {job.experiment!r} at "
@@ -1100,9 +1099,9 @@ def cmd_tune(args) -> int:
 def spawn_workers(args, job: Job, n: int, on_event: Callable[[dict, int], None]) -> list[int]:
     """Start ``n`` local worker processes on the job's studies, pass their JSON event lines to
     ``on_event(event, worker)``, and return their exit codes."""
-    from harness.ablate import worker_env
+    from negbench.harness.ablate import worker_env
 
-    base = [sys.executable, "-m", "harness.tune", "--suite", ",".join(job.suites),
+    base = [sys.executable, "-m", "negbench.harness.tune", "--suite", ",".join(job.suites),
             "--strategy", ",".join(job.strategies), "--trials", str(job.trials),
             "--seed", str(job.seed), "--pruner", job.pruner,
             "--prune-after", str(job.prune_after),
@@ -1147,14 +1146,14 @@ def spawn_workers(args, job: Job, n: int, on_event: Callable[[dict, int], None])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``negbench tune`` on its own (``python -m harness.tune``), with ``negbench``'s error
+    """``negbench tune`` on its own (``python -m negbench.harness.tune``), with ``negbench``'s error
     handling: bad input is one line and status 2."""
-    from harness.cli import EXIT_FAILED, EXIT_USAGE, _Parser
-    from harness.runner import RunFailed
-    from harness.spec import SpecError
-    from strategies import StrategyError
-    from strategies.registry import RegistryError
-    from suites import SuiteError
+    from negbench.harness.cli import EXIT_FAILED, EXIT_USAGE, _Parser
+    from negbench.harness.runner import RunFailed
+    from negbench.harness.spec import SpecError
+    from negbench.strategies import StrategyError
+    from negbench.strategies.registry import RegistryError
+    from negbench.suites import SuiteError
 
     parser = _Parser(prog="negbench")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser,

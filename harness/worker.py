@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from harness.spec import Cell, Spec
+from negbench.harness.spec import Cell, Spec
 
 PARAM = "cell"
 MAX_RETRY = 3  # how often a dead or interrupted worker's cell is handed out again
@@ -81,7 +81,7 @@ def open_queue(spec: Spec, cells: list[Cell], storage_url: str, tracking_uri: st
     retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
 
     def on_stale(study, trial) -> None:  # a dead worker's cell: close its mlflow run, retry it
-        from harness.ablate import close_runs
+        from negbench.harness.ablate import close_runs
 
         ref = _trial_ref(study, trial)
         close_runs(tracking_uri, spec.name, lambda tags: tags.get(TRIAL_TAG) == ref,
@@ -248,7 +248,7 @@ def work(spec: Spec, cells: list[Cell], queue: Queue, *, tracking_uri: str | Non
     from optuna.storages import fail_stale_trials
     from optuna.trial import TrialState
 
-    from harness.ablate import completed, run_cell
+    from negbench.harness.ablate import completed, run_cell
 
     by_key = {c.key: c for c in cells}
     study = queue.study

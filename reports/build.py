@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from reports import stats
-from reports.data import COMMAND_TAG, Runs, latest_per_seed
+from negbench.reports import stats
+from negbench.reports.data import COMMAND_TAG, Runs, latest_per_seed
 
 REFERENCE = "in-batch"  # the baseline every strategy is tested against
 DECILES = 10

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from harness.cli import add_tracking_uri
+from negbench.harness.cli import add_tracking_uri
 
 DESCRIPTION = (
     "Write the comparison report of an experiment's tracked runs: per suite and budget, the "
@@ -40,15 +40,15 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def default_out(experiment: str) -> Path:
-    from harness.tracking import DEFAULT_DIR
-    from reports.build import slug
+    from negbench.harness.tracking import DEFAULT_DIR
+    from negbench.reports.build import slug
 
     return DEFAULT_DIR / "reports" / slug(experiment)
 
 
 def prepare_out(out: str | Path | None, experiment: str) -> Path:
     """The report's directory, made and checked writable (ConfigError otherwise)."""
-    from harness.config import ConfigError
+    from negbench.harness.config import ConfigError
 
     path = Path(out) if out is not None else default_out(experiment)
     try:
@@ -64,7 +64,7 @@ def prepare_out(out: str | Path | None, experiment: str) -> Path:
 
 def load(uri: str | None, experiment: str | None):
     """The runs of ``experiment``, default: the one holding the most recently started run."""
-    from reports import data
+    from negbench.reports import data
 
     return data.load(uri, experiment or data.latest_experiment(uri))
 
@@ -72,8 +72,8 @@ def load(uri: str | None, experiment: str | None):
 def write_report(runs, uri: str | None, out: Path, progress=None) -> Path:
     """Build the report of ``runs`` (:func:`load`) and write it into ``out``; the path of its
     index.html. ``progress``: a rich Progress, or None."""
-    from reports import data, figures, render
-    from reports.build import build
+    from negbench.reports import data, figures, render
+    from negbench.reports.build import build
 
     def task(desc: str, total: float) -> Callable[..., None]:
         if progress is None:
@@ -106,7 +106,7 @@ def generate(uri: str | None, experiment: str | None = None, out: str | Path | N
 def cmd_report(args) -> int:
     from contextlib import nullcontext
 
-    from harness.cli import _console, _progress
+    from negbench.harness.cli import _console, _progress
 
     console = _console()
     # bad input (an unknown experiment, an unwritable --out) fails before any progress bar
@@ -121,9 +121,9 @@ def cmd_report(args) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``negbench report`` on its own: ``argv`` holds the options, without ``report``."""
-    from harness.cli import EXIT_USAGE, _Parser, _UserError
-    from harness.config import ConfigError
-    from harness.spec import SpecError
+    from negbench.harness.cli import EXIT_USAGE, _Parser, _UserError
+    from negbench.harness.config import ConfigError
+    from negbench.harness.spec import SpecError
 
     parser = _Parser(prog="negbench")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser,

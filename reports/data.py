@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from harness.config import ConfigError
+from negbench.harness.config import ConfigError
 
 TUNED_TAG = "negbench.tuned"
 COMMAND_TAG = "negbench.command"
@@ -32,7 +32,7 @@ RUN_COLUMNS = ("run_id", "run_name", "status", "start_time", "end_time", "suite"
 def client(uri: str | None):
     from mlflow import MlflowClient
 
-    from harness.tracking import resolve_uri
+    from negbench.harness.tracking import resolve_uri
 
     for name in ("alembic", "mlflow"):  # a new sqlite store's migration chatter
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -70,7 +70,7 @@ def _name_list(rows: list[tuple[str, int, int]]) -> str:
 
 def latest_experiment(uri: str | None) -> str:
     """The experiment holding the most recently started run."""
-    from harness.tracking import resolve_uri
+    from negbench.harness.tracking import resolve_uri
 
     c = client(uri)
     exps = {e.experiment_id: e.name for e in c.search_experiments()}
@@ -121,7 +121,7 @@ def load(uri: str | None, experiment: str) -> Runs:
 
     Raises ConfigError naming the experiments that exist when ``experiment`` is unknown or has
     no finished run."""
-    from harness.tracking import resolve_uri
+    from negbench.harness.tracking import resolve_uri
 
     c = client(uri)
     exp = c.get_experiment_by_name(experiment)

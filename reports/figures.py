@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from reports.build import ACCURACY, DECILES, PARETO_COSTS, Figure, Section
-from reports.data import CURVES, X_AXIS
+from negbench.reports.build import ACCURACY, DECILES, PARETO_COSTS, Figure, Section
+from negbench.reports.data import CURVES, X_AXIS
 
 DPI = 110
 CURVE_TITLES = {"loss": "training loss", "fnr": "FNR (%)", "hardness": "hardness (mean cos)",

@@ -12,7 +12,7 @@ import math
 import re
 from pathlib import Path
 
-from reports.build import Report, Section, Table
+from negbench.reports.build import Report, Section, Table
 
 FAILURE_CHARS = 400  # a failure reason in a table; report.json has it whole
 

@@ -5,7 +5,7 @@ Every module in this package is imported on first lookup, so a new file register
 
 from __future__ import annotations
 
-from strategies.base import (
+from negbench.strategies.base import (
     Choice,
     Float,
     Int,
@@ -14,7 +14,7 @@ from strategies.base import (
     Strategy,
     StrategyError,
 )
-from strategies.registry import Registry, RegistryError
+from negbench.strategies.registry import Registry, RegistryError
 
 REGISTRY = Registry("strategy", package=__name__, path=__path__)
 register = REGISTRY.register

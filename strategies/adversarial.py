@@ -68,7 +68,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from strategies import Float, Int, Negatives, StepContext, Strategy, StrategyError, register
+from negbench.strategies import (
+    Float,
+    Int,
+    Negatives,
+    StepContext,
+    Strategy,
+    StrategyError,
+    register,
+)
 
 
 @dataclass(frozen=True)

@@ -369,7 +369,8 @@ def fifo_enqueue(queue: Tensor, queue_ids: Tensor, ptr: Tensor, keys: Tensor,
 class Strategy(nn.Module):
     """Base class of every negative-sampling strategy.
 
-    A subclass sets ``name`` (via :func:`strategies.register`), ``Config`` (a frozen dataclass of
+    A subclass sets ``name`` (via :func:`negbench.strategies.register`), ``Config`` (a frozen
+    dataclass of
     its knobs, with a ``space`` class attribute for tuning) and implements :meth:`mine`; a stateful
     one also implements :meth:`update`. State lives in registered buffers.
     """

@@ -8,7 +8,7 @@ toward harder negatives during training. Optional weights after Robinson, Chuang
 "Contrastive Learning with Hard Negative Samples" (HCL), ICLR 2021.
 
 Here, for each anchor of the symmetric in-batch selection (SimCLR's 2B anchors and 2B-2
-negatives each, :func:`strategies.in_batch.in_batch_negatives`):
+negatives each, :func:`negbench.strategies.in_batch.in_batch_negatives`):
 
 - the window on n ranked candidates: m = clamp(ceil(width * n), 1, n) consecutive ranks from
   rank lo = round(p * (n - m)), halves rounded up, to hi = lo + m (exclusive), rank 0 the least
@@ -35,7 +35,8 @@ negatives each, :func:`strategies.in_batch.in_batch_negatives`):
   are all in or all out). An anchor without a valid sampled candidate (n_s = 0) keeps all its
   negatives.
 - with ``beta_max > 0``, HCL-style importance weights w = exp(beta * s / tau) over the selected
-  negatives, normalised to mean 1 per anchor (:func:`strategies.hcl.importance_weights`), with
+  negatives, normalised to mean 1 per anchor (:func:`negbench.strategies.hcl.importance_weights`),
+  with
   beta = beta_max * p annealed with the window (tau = ``ctx.temperature``, the objective's
   temperature).
 
@@ -74,7 +75,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from strategies import (
+from negbench.strategies import (
     Choice,
     Float,
     Negatives,
@@ -83,8 +84,8 @@ from strategies import (
     StrategyError,
     register,
 )
-from strategies.hcl import importance_weights
-from strategies.in_batch import in_batch_negatives
+from negbench.strategies.hcl import importance_weights
+from negbench.strategies.in_batch import in_batch_negatives
 
 SCHEDULES = ("linear", "cosine", "step")
 RANKINGS = ("sample", "exact")

@@ -24,8 +24,8 @@ from typing import ClassVar
 
 from torch import Tensor
 
-from strategies import Float, Negatives, StepContext, Strategy, StrategyError, register
-from strategies.in_batch import in_batch_negatives
+from negbench.strategies import Float, Negatives, StepContext, Strategy, StrategyError, register
+from negbench.strategies.in_batch import in_batch_negatives
 
 
 @dataclass(frozen=True)

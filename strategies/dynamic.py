@@ -69,7 +69,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from strategies import (
+from negbench.strategies import (
     Choice,
     Int,
     Negatives,

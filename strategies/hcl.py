@@ -32,9 +32,9 @@ from typing import ClassVar
 
 from torch import Tensor
 
-from strategies import Float, Negatives, StepContext, Strategy, StrategyError, register
-from strategies.base import tilt_weights
-from strategies.in_batch import in_batch_negatives
+from negbench.strategies import Float, Negatives, StepContext, Strategy, StrategyError, register
+from negbench.strategies.base import tilt_weights
+from negbench.strategies.in_batch import in_batch_negatives
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class HCLConfig:
 
 def importance_weights(sim: Tensor, sel: Tensor, beta: float, tau: float) -> Tensor:
     """(A, P) w = e^{beta s / tau}, normalised to mean 1 over each row's selected entries, 0
-    elsewhere (:func:`strategies.base.tilt_weights` with t = beta / tau)."""
+    elsewhere (:func:`negbench.strategies.base.tilt_weights` with t = beta / tau)."""
     return tilt_weights(sim, sel, beta / tau)
 
 

@@ -13,7 +13,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from strategies import Negatives, StepContext, Strategy, register
+from negbench.strategies import Negatives, StepContext, Strategy, register
 
 
 @dataclass(frozen=True)

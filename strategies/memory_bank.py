@@ -30,8 +30,16 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from strategies import Float, Int, Negatives, StepContext, Strategy, StrategyError, register
-from strategies.base import fifo_enqueue
+from negbench.strategies import (
+    Float,
+    Int,
+    Negatives,
+    StepContext,
+    Strategy,
+    StrategyError,
+    register,
+)
+from negbench.strategies.base import fifo_enqueue
 
 
 @dataclass(frozen=True)

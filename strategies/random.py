@@ -18,7 +18,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from strategies import Int, Negatives, StepContext, Strategy, StrategyError, register
+from negbench.strategies import Int, Negatives, StepContext, Strategy, StrategyError, register
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ Clustering", CVPR 2015, section 3.2. For an anchor a with positive p, a negative
     d(a, p) < d(a, n) <= d(a, p) + m
 
 with d the Euclidean distance of unit vectors, d = sqrt(2 - 2 cos). Anchors are symmetric as in
-SimCLR (both views of each instance are anchors, :func:`strategies.in_batch.in_batch_negatives`);
+SimCLR (both views of each instance are anchors,
+:func:`negbench.strategies.in_batch.in_batch_negatives`);
 the candidates come from the batch (default), from a FIFO bank of past keys, or from both.
 
 Selection rules, all vectorised as one (A, P) band mask:
@@ -41,7 +42,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from strategies import (
+from negbench.strategies import (
     Choice,
     Float,
     Int,
@@ -51,8 +52,8 @@ from strategies import (
     StrategyError,
     register,
 )
-from strategies.base import fifo_enqueue
-from strategies.in_batch import in_batch_negatives
+from negbench.strategies.base import fifo_enqueue
+from negbench.strategies.in_batch import in_batch_negatives
 
 POOLS = ("batch", "bank", "both")
 FALLBACKS = ("none", "nearest", "hardest")

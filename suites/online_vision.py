@@ -39,10 +39,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from suites import DataUnavailable, Split, Suite, SuiteData, SuiteError, register
-from suites.base import stratified_holdout
-from suites.resnet import STEMS, ResNet18
-from suites.simclr_augment import SimCLRAugmentConfig, simclr_augment
+from negbench.suites import DataUnavailable, Split, Suite, SuiteData, SuiteError, register
+from negbench.suites.base import stratified_holdout
+from negbench.suites.resnet import STEMS, ResNet18
+from negbench.suites.simclr_augment import SimCLRAugmentConfig, simclr_augment
 
 DOWNLOAD = "torchvision download"
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from suites.base import SuiteError
+from negbench.suites.base import SuiteError
 
 STEMS = ("cifar", "imagenet")
 

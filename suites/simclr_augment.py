@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from suites.base import SuiteError
+from negbench.suites.base import SuiteError
 
 # ITU-R BT.601 luma weights, as torchvision's rgb_to_grayscale uses
 _LUMA = (0.299, 0.587, 0.114)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from suites.base import SuiteError
+from negbench.suites.base import SuiteError
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL = (PAD, UNK, CLS, SEP, MASK)  # ids 0..4, in this order
@@ -207,7 +207,8 @@ class PairedTextViews:
     (a headline, a title), row 1 a long one (a body, a description). The positive pair is (the
     short text, a passage cropped from the long one), each with token dropout; evaluation reads
     the long text's lede; retrieval is short -> long among an evaluated split's items, with the
-    encoder's projections (the space the objective trains). A mixin for :class:`suites.Suite`
+    encoder's projections (the space the objective trains). A mixin for
+    :class:`negbench.suites.Suite`
     subclasses whose config has ``view_len`` and ``dropout_p``."""
 
     def headline(self, x: Tensor) -> Tensor:

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from strategies import StepContext
+from negbench.strategies import StepContext
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 

@@ -17,9 +17,9 @@ from conftest import mlflow_uri as uri
 from conftest import write_spec as write
 from mlflow import MlflowClient
 
-from harness import ablate as A
-from harness.cli import main
-from harness.spec import SpecError, load_spec
+from negbench.harness import ablate as A
+from negbench.harness.cli import main
+from negbench.harness.spec import SpecError, load_spec
 
 SMALL = '''
 suites = ["digits"]
@@ -151,8 +151,8 @@ def _wait_for(pred, timeout: float) -> bool:
 def test_killed_with_sigkill_it_resumes_without_duplicates(tmp_path):
     spec = SMALL.replace('budget = "samples=768"', 'budget = "samples=6144"')
     path = write(tmp_path, spec)
-    cmd = [sys.executable, "-m", "harness.cli", "ablate", path, "--tracking-uri", uri(tmp_path),
-           "--no-progress"]
+    cmd = [sys.executable, "-m", "negbench.harness.cli", "ablate", path, "--tracking-uri",
+           uri(tmp_path), "--no-progress"]
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

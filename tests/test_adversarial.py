@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 from conftest import Table, make_ctx
 
-import strategies
-from harness.metrics import false_negative_matrix
-from harness.objectives import info_nce
-from strategies import StrategyError
-from strategies.adversarial import AdversarialConfig, ascent_gradient
+from negbench import strategies
+from negbench.harness.metrics import false_negative_matrix
+from negbench.harness.objectives import info_nce
+from negbench.strategies import StrategyError
+from negbench.strategies.adversarial import AdversarialConfig, ascent_gradient
 
 
 def _inputs(b: int, d: int, seed: int, n: int = 300):

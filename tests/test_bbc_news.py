@@ -8,13 +8,13 @@ import re
 import pytest
 import torch
 
-import suites
-from harness.config import build_config, parse_budget
-from harness.evaluate import embed
-from harness.runner import Trainer
-from suites import DataUnavailable
-from suites import bbc_news as bbc
-from suites.text import PAD_ID, crop, decode_ids, lengths, retrieval_metrics, token_dropout
+from negbench import suites
+from negbench.harness.config import build_config, parse_budget
+from negbench.harness.evaluate import embed
+from negbench.harness.runner import Trainer
+from negbench.suites import DataUnavailable
+from negbench.suites import bbc_news as bbc
+from negbench.suites.text import PAD_ID, crop, decode_ids, lengths, retrieval_metrics, token_dropout
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,15 @@ import math
 
 import pytest
 
-from harness.budget import Budget, learning_rate
-from harness.config import BudgetConfig, ConfigError, OptimConfig, build_config, parse_budget
-from harness.runner import run
+from negbench.harness.budget import Budget, learning_rate
+from negbench.harness.config import (
+    BudgetConfig,
+    ConfigError,
+    OptimConfig,
+    build_config,
+    parse_budget,
+)
+from negbench.harness.runner import run
 
 FAST = {"batch_size": "128", "log_every": "3", "eval.linear_epochs": "20"}
 

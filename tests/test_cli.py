@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from harness.cli import main
+from negbench.harness.cli import main
 
 BASE = ["run", "--suite", "digits", "--strategy", "in-batch", "--no-progress"]
 
@@ -47,10 +47,10 @@ def test_empty_data_dir_says_what_is_missing(tmp_path, capsys):
 
 
 def test_console_script_help_and_error():
-    out = subprocess.run([sys.executable, "-m", "harness.cli", "run", "--help"],
+    out = subprocess.run([sys.executable, "-m", "negbench.harness.cli", "run", "--help"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "--budget" in out.stdout and "--json" in out.stdout
-    bad = subprocess.run([sys.executable, "-m", "harness.cli", "run", "--suite", "nope",
+    bad = subprocess.run([sys.executable, "-m", "negbench.harness.cli", "run", "--suite", "nope",
                           "--strategy", "in-batch"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert bad.stderr.count("\n") == 1

@@ -12,9 +12,9 @@ import pytest
 import torch
 from conftest import Table, make_ctx
 
-import strategies
-from strategies import StepContext, StrategyError
-from strategies.curriculum import (
+from negbench import strategies
+from negbench.strategies import StepContext, StrategyError
+from negbench.strategies.curriculum import (
     Curriculum,
     CurriculumConfig,
     Q,
@@ -23,7 +23,7 @@ from strategies.curriculum import (
     schedule,
     window_bounds,
 )
-from strategies.in_batch import in_batch_negatives
+from negbench.strategies.in_batch import in_batch_negatives
 
 
 # --------------------------------------------------------------------------- helpers
@@ -409,7 +409,7 @@ def test_sync_free_on_the_meta_device(beta_max, rank_sample, ranking):
 
 
 def test_sort_rows_equals_a_per_row_sort():
-    from strategies.curriculum import sort_rows
+    from negbench.strategies.curriculum import sort_rows
 
     g = torch.Generator().manual_seed(0)
     bits = torch.randint(-(2**31), 2**31 - 1, (37, 11), generator=g, dtype=torch.int64)

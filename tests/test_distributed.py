@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from harness.config import build_config, parse_budget
+from negbench.harness.config import build_config, parse_budget
 
 SETS = {
     "in-batch": {},
@@ -43,7 +43,7 @@ def signature(negs) -> torch.Tensor:
 def trace(strategy: str) -> dict:
     """STEPS steps of a run (whatever the process group around it): per step the loss and the
     selection, then the encoder's parameters."""
-    from harness.runner import Trainer
+    from negbench.harness.runner import Trainer
 
     cfg = build_config("bbc-news", strategy, seed=0, budget=parse_budget(f"steps={STEPS}"),
                        sets={"batch_size": str(BATCH), **SETS[strategy]})
@@ -93,7 +93,8 @@ def test_two_ranks_with_half_batches_equal_one_rank(strategy, tmp_path):
 
 
 def test_a_distributed_run_through_torchrun_completes(tmp_path):
-    """`torchrun -m harness.cli run` with 2 ranks: one tracked run, its budget counted once."""
+    """`torchrun -m negbench.harness.cli run` with 2 ranks: one tracked run, its budget counted
+    once."""
     import json
     import subprocess
 
@@ -101,7 +102,7 @@ def test_a_distributed_run_through_torchrun_completes(tmp_path):
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-           "--master-port", str(_port()), "-m", "harness.cli", "run", "--suite", "digits",
+           "--master-port", str(_port()), "-m", "negbench.harness.cli", "run", "--suite", "digits",
            "--strategy", "memory-bank", "--budget", "samples=1024", "--set", "batch_size=128",
            "--set", "eval.linear_epochs=5", "--tracking-uri", uri, "--json", "--no-progress"]
     env = dict(os.environ, OMP_NUM_THREADS="1")

@@ -9,11 +9,11 @@ import pytest
 import torch
 from conftest import Table, make_ctx
 
-import strategies
-from harness.config import BudgetConfig, build_config
-from harness.runner import Trainer
-from strategies import StepContext, StrategyError
-from strategies.dynamic import Dynamic, DynamicConfig
+from negbench import strategies
+from negbench.harness.config import BudgetConfig, build_config
+from negbench.harness.runner import Trainer
+from negbench.strategies import StepContext, StrategyError
+from negbench.strategies.dynamic import Dynamic, DynamicConfig
 
 
 # --------------------------------------------------------------------------- helpers

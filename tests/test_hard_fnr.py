@@ -8,8 +8,8 @@ import statistics
 
 import pytest
 
-from harness.config import BudgetConfig, build_config
-from harness.runner import Trainer, probe_selection
+from negbench.harness.config import BudgetConfig, build_config
+from negbench.harness.runner import Trainer, probe_selection
 
 
 @pytest.fixture(scope="module")

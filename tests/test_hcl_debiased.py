@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 from conftest import Table, make_ctx
 
-import strategies
-from harness.objectives import info_nce
-from strategies import StrategyError
-from strategies.debiased import DebiasedConfig
-from strategies.hcl import HCLConfig
+from negbench import strategies
+from negbench.harness.objectives import info_nce
+from negbench.strategies import StrategyError
+from negbench.strategies.debiased import DebiasedConfig
+from negbench.strategies.hcl import HCLConfig
 
 
 # --------------------------------------------------------------------------- inputs
@@ -234,7 +234,7 @@ def test_registered_with_search_spaces():
 def test_importance_weights_backward_equals_autograd_of_the_plain_expression():
     """The written-out backward of the weights against autograd through the formula, float64,
     with some rows partly masked and one row empty."""
-    from strategies.hcl import importance_weights
+    from negbench.strategies.hcl import importance_weights
 
     g = torch.Generator().manual_seed(3)
     sim = (torch.rand(6, 9, generator=g, dtype=torch.float64) * 2 - 1).requires_grad_()

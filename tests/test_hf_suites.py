@@ -27,20 +27,19 @@ import torch.nn.functional as F
 from conftest import Table, make_ctx
 from torch import nn
 
-import strategies
-import suites
-import suites.hf_text as hf
-import suites.nli as nli
-from harness.cli import main
-from harness.config import BudgetConfig, build_config
-from harness.metrics import NegativeMeter, false_negative_matrix
-from harness.objectives import info_nce
-from harness.runner import HARD_NEGATIVE_ID, Trainer, run, with_hard_negatives
-from strategies.in_batch import in_batch_negatives
-from suites import DataUnavailable, Split, Suite, SuiteData, SuiteError
-from suites.hf_text import AGNewsConfig, clean_ag
-from suites.nli import NLIConfig, average_ranks, spearman
-from suites.text import TransformerConfig
+import negbench.suites.hf_text as hf
+import negbench.suites.nli as nli
+from negbench import strategies, suites
+from negbench.harness.cli import main
+from negbench.harness.config import BudgetConfig, build_config
+from negbench.harness.metrics import NegativeMeter, false_negative_matrix
+from negbench.harness.objectives import info_nce
+from negbench.harness.runner import HARD_NEGATIVE_ID, Trainer, run, with_hard_negatives
+from negbench.strategies.in_batch import in_batch_negatives
+from negbench.suites import DataUnavailable, Split, Suite, SuiteData, SuiteError
+from negbench.suites.hf_text import AGNewsConfig, clean_ag
+from negbench.suites.nli import NLIConfig, average_ranks, spearman
+from negbench.suites.text import TransformerConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = TransformerConfig(dim=32, layers=1, heads=2, ff=64, max_len=64, proj_dim=16)

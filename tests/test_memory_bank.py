@@ -8,12 +8,12 @@ import torch
 import torch.nn.functional as F
 from conftest import Table, make_ctx
 
-import strategies
-from harness.metrics import NegativeMeter
-from harness.objectives import info_nce
-from strategies import StrategyError
-from strategies.in_batch import in_batch_negatives
-from strategies.memory_bank import MemoryBankConfig
+from negbench import strategies
+from negbench.harness.metrics import NegativeMeter
+from negbench.harness.objectives import info_nce
+from negbench.strategies import StrategyError
+from negbench.strategies.in_batch import in_batch_negatives
+from negbench.strategies.memory_bank import MemoryBankConfig
 
 
 def _bank(K: int, d: int = 4, m: float = 0.99):

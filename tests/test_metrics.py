@@ -8,11 +8,11 @@ import math
 import torch
 import torch.nn.functional as F
 
-from harness.config import BudgetConfig, build_config
-from harness.evaluate import knn_top1
-from harness.metrics import NegativeMeter, false_negative_matrix
-from harness.runner import run
-from strategies import Negatives
+from negbench.harness.config import BudgetConfig, build_config
+from negbench.harness.evaluate import knn_top1
+from negbench.harness.metrics import NegativeMeter, false_negative_matrix
+from negbench.harness.runner import run
+from negbench.strategies import Negatives
 
 LABELS = torch.tensor([0, 0, 1, 1, 2, 2, 0, 1])  # oracle labels of dataset ids 0..7
 
@@ -115,7 +115,7 @@ def test_random_fnr_matches_sum_of_squared_class_priors():
     cfg = build_config("digits", "random", seed=1, budget=BudgetConfig("samples", 25_600),
                        sets={"eval.linear_epochs": "1"})
     r = run(cfg, track=False)
-    import suites
+    from negbench import suites
 
     y = suites.create("digits").load().train.y
     n = len(y)
@@ -130,7 +130,7 @@ def test_random_fnr_matches_sum_of_squared_class_priors():
 def _reference_counts(negs, labels):
     """Loop-based reference of the meter's per-step counts: (pairs, fns, weight sum, weighted FN
     sum, hardness sum, collisions, per-bin (count, fn) of the first HIST_ANCHORS anchors)."""
-    from harness.metrics import BINS, HIST_ANCHORS
+    from negbench.harness.metrics import BINS, HIST_ANCHORS
 
     sel, sim = negs.selected(), negs.similarity()
     cid = negs.candidate_ids().expand(sel.shape)

@@ -16,9 +16,9 @@ from importlib.machinery import ModuleSpec
 import pytest
 import torch
 
-import suites
-from suites import SuiteError
-from suites import minilm as ml
+from negbench import suites
+from negbench.suites import SuiteError
+from negbench.suites import minilm as ml
 
 BBC = suites.get("bbc-news")
 
@@ -133,7 +133,7 @@ def _need_extra() -> None:
 
 def test_bundled_tokenizer_pads_with_zero_and_adds_nothing():
     _need_extra()
-    from suites.text import decode_ids, encode_texts
+    from negbench.suites.text import decode_ids, encode_texts
 
     tok = ml.minilm_tokenizer()
     assert tok.padding is None and tok.truncation is None  # the file pads and cuts to 128
@@ -160,7 +160,7 @@ def test_features_equal_sentence_transformers_on_the_same_texts(encoder):
     """The right weights, the [CLS]/[SEP] wrapping and the pooling at once: our features of
     texts stored without special tokens equal the package's own sentence embeddings."""
     st = pytest.importorskip("sentence_transformers", reason="sentence-transformers missing")
-    from suites.text import encode_texts
+    from negbench.suites.text import encode_texts
 
     texts = ["Ad sales boost Time Warner profit",
              "Chelsea beat Arsenal 2-1 in the Premier League on Sunday.",
@@ -205,7 +205,7 @@ def minilm_suite():
 def test_frozen_pretrained_features_know_the_topics(minilm_suite, encoder):
     """Topic kNN of the pretrained features of the ledes, untouched, is far above that of the
     untrained from-scratch encoder: the pretrained weights were loaded."""
-    from harness.evaluate import embed, knn_top1
+    from negbench.harness.evaluate import embed, knn_top1
 
     d = minilm_suite.load()
     ids = d.test.x[:, 1]
@@ -227,8 +227,8 @@ def test_frozen_pretrained_features_know_the_topics(minilm_suite, encoder):
 
 @pytest.mark.slow
 def test_a_few_fine_tuning_steps_through_the_trainer(minilm_suite):
-    from harness.config import build_config, parse_budget
-    from harness.runner import Trainer
+    from negbench.harness.config import build_config, parse_budget
+    from negbench.harness.runner import Trainer
 
     cfg = build_config("bbc-news", "in-batch", seed=0, budget=parse_budget("steps=3"),
                        sets={"suite.encoder": "minilm", "batch_size": "8", "optim.lr": "5e-5",

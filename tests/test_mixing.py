@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 from conftest import Table, make_ctx
 
-import strategies
-from harness.metrics import NegativeMeter, false_negative_matrix
-from harness.objectives import info_nce
-from strategies import Negatives, StrategyError, mixing
-from strategies.mixing import (
+from negbench import strategies
+from negbench.harness.metrics import NegativeMeter, false_negative_matrix
+from negbench.harness.objectives import info_nce
+from negbench.strategies import Negatives, StrategyError, mixing
+from negbench.strategies.mixing import (
     MixingConfig,
     _MixedSimilarity,
     gram_buffer,

@@ -18,15 +18,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import suites
-import suites.online_vision as ov
-from harness.cli import main
-from harness.config import BudgetConfig, build_config
-from harness.runner import run
-from suites import DataUnavailable, SuiteError
-from suites.online_vision import CIFAR10Config, CIFAR100Config, STL10Config
-from suites.resnet import ResNet18
-from suites.simclr_augment import (
+import negbench.suites.online_vision as ov
+from negbench import suites
+from negbench.harness.cli import main
+from negbench.harness.config import BudgetConfig, build_config
+from negbench.harness.runner import run
+from negbench.suites import DataUnavailable, SuiteError
+from negbench.suites.online_vision import CIFAR10Config, CIFAR100Config, STL10Config
+from negbench.suites.resnet import ResNet18
+from negbench.suites.simclr_augment import (
     SimCLRAugmentConfig,
     _hue_matrices,
     color_jitter,

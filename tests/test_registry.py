@@ -11,13 +11,12 @@ import torch
 import torch.nn.functional as F
 from conftest import Table, make_ctx
 
-import strategies
-import suites
-from harness.config import BudgetConfig, build_config
-from harness.objectives import info_nce
-from harness.runner import Trainer, run
-from strategies import Choice, Float, Int, Negatives, Strategy, StrategyError, register
-from strategies.registry import RegistryError
+from negbench import strategies, suites
+from negbench.harness.config import BudgetConfig, build_config
+from negbench.harness.objectives import info_nce
+from negbench.harness.runner import Trainer, run
+from negbench.strategies import Choice, Float, Int, Negatives, Strategy, StrategyError, register
+from negbench.strategies.registry import RegistryError
 
 STRATEGIES = strategies.names()
 SUITES = suites.names()
@@ -88,7 +87,7 @@ def test_strategy_declares_what_the_registry_needs(name):
     cls = strategies.get(name)
     assert cls.name == name
     assert cls.paper, f"{name}: paper is empty"
-    assert cls.__doc__ and cls.__module__.startswith("strategies.")
+    assert cls.__doc__ and cls.__module__.startswith("negbench.strategies.")
     cfg = cls.Config()
     assert dataclasses.is_dataclass(cfg)
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -180,8 +179,8 @@ def test_contract_violation_is_caught():
 def test_own_instance_in_one_row_of_the_key_half_is_caught_within_a_rotation():
     """The contract check compares CHECK_ROWS anchor rows per step, moving through the rows:
     a single offending row, past the first block, is caught within A / CHECK_ROWS steps."""
-    from strategies.base import CHECK_ROWS
-    from strategies.in_batch import in_batch_negatives
+    from negbench.strategies.base import CHECK_ROWS
+    from negbench.strategies.in_batch import in_batch_negatives
 
     def mine(self, q, k, ctx):
         negs = in_batch_negatives(q, k, ctx.ids)
@@ -205,7 +204,7 @@ def test_own_instance_in_one_row_of_the_key_half_is_caught_within_a_rotation():
 def test_constant_weights_written_in_place_are_checked_again():
     """A weight tensor returned unchanged step after step is checked once; written in place,
     its version changes and it is checked again."""
-    from strategies.in_batch import in_batch_negatives
+    from negbench.strategies.in_batch import in_batch_negatives
 
     def mine(self, q, k, ctx):
         negs = in_batch_negatives(q, k, ctx.ids)

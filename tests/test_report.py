@@ -19,9 +19,9 @@ from types import SimpleNamespace
 import pytest
 from conftest import experiment_runs
 
-from harness.cli import main as negbench
-from reports import stats
-from reports.cli import main as report
+from negbench.harness.cli import main as negbench
+from negbench.reports import stats
+from negbench.reports.cli import main as report
 
 # Student's t with 1 degree of freedom is the Cauchy distribution: closed forms for 2 seeds
 T1_975 = math.tan(math.pi * 0.475)  # 12.7062...
@@ -54,8 +54,8 @@ TUNED_EXPORT = "tuned-in-batch.toml"
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    from harness.config import build_config, parse_budget
-    from harness.runner import run
+    from negbench.harness.config import build_config, parse_budget
+    from negbench.harness.runner import run
 
     d = tmp_path_factory.mktemp("report-store")
     uri = f"sqlite:///{d / 'mlflow.db'}"

@@ -10,9 +10,9 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from harness.config import BudgetConfig, build_config
-from harness.runner import run
-from harness.tracking import FINAL_METRICS
+from negbench.harness.config import BudgetConfig, build_config
+from negbench.harness.runner import run
+from negbench.harness.tracking import FINAL_METRICS
 
 TIMING = ("wall_seconds", "eval_seconds", "samples_per_second", "peak_mem_mb")
 
@@ -25,7 +25,7 @@ def _search(uri: str):
 def test_negbench_run_is_tracked_in_mlflow(tmp_path: Path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     proc = subprocess.run(
-        [sys.executable, "-m", "harness.cli", "run", "--suite", "digits", "--strategy",
+        [sys.executable, "-m", "negbench.harness.cli", "run", "--suite", "digits", "--strategy",
          "in-batch", "--seed", "3", "--budget", "samples=1024", "--set", "batch_size=128",
          "--set", "eval.linear_epochs=30", "--tracking-uri", uri, "--json", "--no-progress"],
         capture_output=True, text=True, cwd=tmp_path, timeout=300,
@@ -69,7 +69,7 @@ def test_same_seed_gives_identical_final_metrics():
 
 
 def test_a_failed_run_is_recorded_with_its_reason(tmp_path: Path):
-    from harness.runner import RunFailed
+    from negbench.harness.runner import RunFailed
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cfg = build_config("digits", "in-batch", budget=BudgetConfig("samples", 1024),
@@ -85,7 +85,7 @@ def test_a_failed_run_is_recorded_with_its_reason(tmp_path: Path):
 def test_a_crashed_run_keeps_its_curve(tmp_path: Path):
     """The training curve is buffered between sends to the store (every
     tracking.SEND_EVERY_S seconds); a run that fails keeps every point logged before it."""
-    from harness import tracking
+    from negbench.harness import tracking
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cfg = build_config("digits", "in-batch", budget=BudgetConfig("samples", 4096),
@@ -107,7 +107,7 @@ def test_a_crashed_run_keeps_its_curve(tmp_path: Path):
 
 
 def test_background_metrics_wait_for_send(tmp_path: Path):
-    from harness.tracking import Tracker
+    from negbench.harness.tracking import Tracker
 
     t = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "buffer")
     t.start("r", {}, {})

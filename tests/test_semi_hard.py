@@ -9,10 +9,10 @@ import pytest
 import torch
 from conftest import Table, make_ctx
 
-import strategies
-from strategies import StepContext, StrategyError
-from strategies.in_batch import in_batch_negatives
-from strategies.semi_hard import SemiHard, SemiHardConfig
+from negbench import strategies
+from negbench.strategies import StepContext, StrategyError
+from negbench.strategies.in_batch import in_batch_negatives
+from negbench.strategies.semi_hard import SemiHard, SemiHardConfig
 
 
 # --------------------------------------------------------------------------- helpers

@@ -7,8 +7,8 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from harness.config import ConfigError, build_config, parse_budget
-from harness.runner import Trainer, run
+from negbench.harness.config import ConfigError, build_config, parse_budget
+from negbench.harness.runner import Trainer, run
 
 
 def test_speed_options_are_in_the_config_and_in_mlflow(tmp_path):

@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from conftest import Table, make_ctx
 
-import strategies
-from harness.config import ObjectiveConfig, build_config, parse_budget
-from harness.metrics import NegativeMeter
-from harness.objectives import make_objective
+from negbench import strategies
+from negbench.harness.config import ObjectiveConfig, build_config, parse_budget
+from negbench.harness.metrics import NegativeMeter
+from negbench.harness.objectives import make_objective
 
 READS = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__", "numpy", "cpu")
 
@@ -86,7 +86,7 @@ def test_select_objective_meter_and_update_read_nothing_back(name):
                     "debug mode is the GPU-side check (this machine has none)")
 @pytest.mark.parametrize("name", strategies.names())
 def test_no_cuda_sync_inside_the_step(name):
-    from harness.runner import Trainer
+    from negbench.harness.runner import Trainer
 
     cfg = build_config("digits", name, budget=parse_budget("steps=3"),
                        sets={"device": "cuda", "batch_size": "64"})

@@ -20,14 +20,14 @@ from conftest import experiment_runs
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-import strategies
-from harness import ablate as A
-from harness import evaluate
-from harness import tune as T
-from harness.cli import main as negbench
-from harness.config import ConfigError, build_config
-from harness.runner import Trainer
-from harness.spec import SpecError, load_spec
+from negbench import strategies
+from negbench.harness import ablate as A
+from negbench.harness import evaluate
+from negbench.harness import tune as T
+from negbench.harness.cli import main as negbench
+from negbench.harness.config import ConfigError, build_config
+from negbench.harness.runner import Trainer
+from negbench.harness.spec import SpecError, load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--budget", "samples=1500", "--set", "batch_size=128", "--set", "eval.linear_epochs=10"]
@@ -244,8 +244,8 @@ def test_a_killed_process_is_resumed_and_its_trial_replaced(tmp_path):
     args = tune_args(tmp_path, "in-batch", 3, "--heartbeat", "1", "--pruner", "none",
                      tiny=["--budget", "samples=8000", *TINY[2:]])
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "harness.tune", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-m", "negbench.harness.tune", *args], cwd=ROOT,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     storage = urls(tmp_path)[0]
     deadline = time.monotonic() + 120
     try:  # kill it while trial 1 runs (its mlflow run exists)

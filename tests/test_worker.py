@@ -23,9 +23,9 @@ from conftest import experiment_runs, mlflow_uri
 from conftest import write_spec as write
 from mlflow import MlflowClient
 
-from harness import worker as W
-from harness.cli import main
-from harness.spec import load_spec
+from negbench.harness import worker as W
+from negbench.harness.cli import main
+from negbench.harness.spec import load_spec
 
 GRID = '''
 name = "grid"
@@ -115,7 +115,7 @@ def test_two_workers_on_postgresql_split_the_grid_without_overlap(tmp_path, post
     uri = mlflow_uri(tmp_path)
     main(["ablate", spec, "--dry-run", "--tracking-uri", uri])  # creates the mlflow store once
     env = dict(os.environ, NEGBENCH_THREADS="1", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "harness.cli", "worker", spec, "--storage", postgres_url,
+    cmd = [sys.executable, "-m", "negbench.harness.cli", "worker", spec, "--storage", postgres_url,
            "--tracking-uri", uri, "--no-progress"]
     procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True) for _ in range(2)]

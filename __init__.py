@@ -1,0 +1,45 @@
+"""negbench: a benchmarking and ablation harness for negative sampling in contrastive learning.
+
+The repository's top-level folders are installed as ``negbench.harness``, ``negbench.strategies``,
+``negbench.suites`` and ``negbench.reports``. This module is the public API for using a strategy
+in your own training loop, loaded lazily (``import negbench`` does not import torch)::
+
+    import negbench
+
+    strategy = negbench.create("hcl", dim=128, n_train=len(dataset))
+    negs = strategy.select(q, k, ctx)           # ctx: a negbench.StepContext
+    loss = negbench.info_nce(q, k, negs, temperature=0.2)
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+# public name -> the module that defines it (imported on first use: PEP 562)
+_API = {
+    "create": "negbench.strategies",
+    "names": "negbench.strategies",
+    "register": "negbench.strategies",
+    "Negatives": "negbench.strategies",
+    "StepContext": "negbench.strategies",
+    "Strategy": "negbench.strategies",
+    "info_nce": "negbench.harness.objectives",
+    "triplet": "negbench.harness.objectives",
+    "NegbenchError": "negbench.harness.errors",
+}
+
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str):
+    if name not in _API:
+        raise AttributeError(f"module 'negbench' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_API[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_API})
