@@ -8,7 +8,7 @@ in your own training loop, loaded lazily (``import negbench`` does not import to
 
     strategy = negbench.create("hcl", dim=128, n_train=len(dataset))
     negs = strategy.select(q, k, ctx)           # ctx: a negbench.StepContext
-    loss = negbench.info_nce(q, k, negs, temperature=0.2)
+    loss = negbench.info_nce(negs, temperature=0.2).loss
 """
 
 from __future__ import annotations
@@ -27,10 +27,20 @@ _API = {
     "Strategy": "negbench.strategies",
     "info_nce": "negbench.harness.objectives",
     "triplet": "negbench.harness.objectives",
-    "NegbenchError": "negbench.harness.errors",
 }
 
-__all__ = sorted(_API)
+
+
+class NegbenchError(Exception):
+    """The base of every error negbench raises for bad input or a failed run. The command line
+    handles it in one place: one line on stderr and ``exit_code`` (2, bad input, unless a
+    subclass says otherwise), never a traceback. Defined here, at the root, so that
+    ``strategies`` and ``suites`` can derive from it without importing ``harness``."""
+
+    exit_code = 2
+
+
+__all__ = sorted([*_API, "NegbenchError"])
 
 
 def __getattr__(name: str):
