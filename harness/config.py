@@ -14,12 +14,12 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from negbench import strategies, suites
+from negbench import NegbenchError, strategies, suites
 from negbench.harness.objectives import ObjectiveConfig, ObjectiveError
 from negbench.strategies.registry import RegistryError
 
 
-class ConfigError(ValueError):
+class ConfigError(NegbenchError, ValueError):
     """Bad user input in a configuration: the message names the key and what is allowed."""
 
 

@@ -25,10 +25,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from negbench import NegbenchError
 from negbench.strategies import Negatives
 
 
-class ObjectiveError(ValueError):
+class ObjectiveError(NegbenchError, ValueError):
     pass
 
 

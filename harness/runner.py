@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from negbench import strategies, suites
+from negbench import NegbenchError, strategies, suites
 from negbench.harness import distributed
 from negbench.harness.budget import Budget, learning_rate
 from negbench.harness.config import ConfigError, RunConfig
@@ -39,8 +39,10 @@ from negbench.strategies import Negatives, StepContext
 HARD_NEGATIVE_ID = -1  # dataset id of a supervised hard negative: not a training item
 
 
-class RunFailed(RuntimeError):
-    """A run that could not finish (diverged, broke the strategy contract, ...)."""
+class RunFailed(NegbenchError, RuntimeError):
+    """A run that could not finish (diverged, broke the strategy contract, ...): exit status 1."""
+
+    exit_code = 1
 
 
 class RunStopped(Exception):

@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from negbench import strategies, suites
+from negbench import NegbenchError, strategies, suites
 from negbench.harness.config import ConfigError, RunConfig, build_config, parse_budget
 
 TOP_KEYS = ("name", "suites", "strategies", "seeds", "budget", "tuned", "objective",
@@ -60,7 +60,7 @@ TUNED_TAG = "negbench.tuned"
 OBJECTIVE_KEYS = ("name", "temperature", "margin")
 
 
-class SpecError(ValueError):
+class SpecError(NegbenchError, ValueError):
     """A spec file is invalid; the message names the file, the key and what is allowed."""
 
 

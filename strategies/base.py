@@ -23,8 +23,10 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from negbench import NegbenchError
 
-class StrategyError(ValueError):
+
+class StrategyError(NegbenchError, ValueError):
     """A strategy was misconfigured or returned invalid negatives."""
 
 

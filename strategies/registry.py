@@ -11,8 +11,10 @@ import importlib
 import pkgutil
 from collections.abc import Callable, Iterable
 
+from negbench import NegbenchError
 
-class RegistryError(KeyError):
+
+class RegistryError(NegbenchError, KeyError):
     """An unknown or duplicate registry name."""
 
     def __str__(self) -> str:  # KeyError quotes its message; we want it as written

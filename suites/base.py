@@ -9,8 +9,10 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from negbench import NegbenchError
 
-class SuiteError(ValueError):
+
+class SuiteError(NegbenchError, ValueError):
     """A suite was misconfigured."""
 
 
