@@ -151,7 +151,9 @@ class RunConfig:
 
 
 # --------------------------------------------------------------------------- overrides
-def _convert(value: str, tp: Any, key: str) -> Any:
+def _convert(value: str, tp: Any, key: str, allow_inf: bool = False) -> Any:
+    """``value`` as the field's type. A float must be finite (NaN never is), unless its field
+    says that infinity means something (``metadata={"allow_inf": True}``)."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
@@ -172,9 +174,14 @@ def _convert(value: str, tp: Any, key: str) -> Any:
                 raise ValueError
             return int(f)
         if tp is float:
-            return float(value)
+            f = float(value)
+            if math.isfinite(f) or (math.isinf(f) and allow_inf):
+                return f
+            raise ConfigError(f"{key}: must be a finite number; got {value!r}")
         if tp is str:
             return value
+    except ConfigError:
+        raise
     except ValueError:
         raise ConfigError(f"{key}: {value!r} is not a valid {tp.__name__}") from None
     raise ConfigError(f"{key}: cannot be set from the command line (type {tp})")
@@ -201,7 +208,8 @@ def apply_overrides(obj: Any, overrides: dict[str, str], where: str) -> Any:
             raise ConfigError(f"{full} is a group: set one of its keys, such as "
                               f"{full}.{dataclasses.fields(sub)[0].name}=VALUE")
         else:
-            direct[head] = _convert(str(value), hints[head], full)
+            direct[head] = _convert(str(value), hints[head], full,
+                                    fields[head].metadata.get("allow_inf", False))
     for head, sub_over in nested.items():
         direct[head] = apply_overrides(getattr(obj, head), sub_over,
                                        f"{where}.{head}" if where else head)
