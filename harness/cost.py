@@ -110,7 +110,43 @@ def probe_flops(encoder: torch.nn.Module, x: torch.Tensor) -> tuple[float, float
     return f_train, f_fwd
 
 
+def _status_kb(field: str) -> int | None:
+    """A ``kB`` field of Linux's /proc/self/status (VmHWM, VmRSS), None elsewhere."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def reset_peak_host() -> bool:
+    """Start this process's host-memory high-water mark again from its current size, so that a
+    run's ``peak_mem_mb`` is its own peak and not that of an earlier run in the same process
+    (Linux: writing 5 to /proc/self/clear_refs resets VmHWM). False where it cannot be reset:
+    there the peak is the process's (``getrusage``), which :func:`peak_host_mb` says by reading
+    the same source as before."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return _status_kb("VmHWM") is not None
+
+
 def peak_host_mb() -> float:
-    """Peak resident set size of this process, in MiB."""
+    """Peak resident set size of this process since the last :func:`reset_peak_host`, in MiB
+    (Linux's VmHWM; elsewhere the process's lifetime peak from ``getrusage``)."""
+    hwm = _status_kb("VmHWM")
+    if hwm is not None:
+        return hwm / 1024.0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 1024.0 / (1024.0 if sys.platform == "darwin" else 1.0)
+
+
+def reset_peak_cuda(device: torch.device) -> None:
+    """Start the CUDA allocator's high-water mark of ``device`` again (no-op elsewhere)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
