@@ -50,23 +50,41 @@ def embed(encoder: nn.Module, suite: Suite, x: Tensor, batch: int = 2048,
 
 
 @torch.no_grad()
-def knn_top1(train_f: Tensor, train_y: Tensor, query_f: Tensor, query_y: Tensor,
-             n_classes: int, k: int = 20, temperature: float = 0.07,
-             chunk: int = 1024) -> float:
+def knn_correct(train_f: Tensor, train_y: Tensor, query_f: Tensor, query_y: Tensor,
+                n_classes: int, k: int = 20, temperature: float = 0.07,
+                chunk: int = 1024) -> Tensor:
+    """(Q,) bool: which query items the weighted kNN vote classifies right."""
     tf = F.normalize(train_f, dim=1)
-    correct = torch.zeros((), dtype=torch.long, device=tf.device)
     k = min(k, tf.shape[0])
+    out = []
     for i in range(0, query_f.shape[0], chunk):
         q = F.normalize(query_f[i:i + chunk], dim=1)
         s, idx = (q @ tf.T).topk(k, dim=1)  # (Q, k)
         votes = torch.zeros(q.shape[0], n_classes, dtype=s.dtype, device=s.device)
         votes.scatter_add_(1, train_y[idx], torch.exp(s / temperature))  # (Q, C)
-        correct += (votes.argmax(1) == query_y[i:i + chunk]).sum()
-    return correct.item() / query_f.shape[0]
+        out.append(votes.argmax(1) == query_y[i:i + chunk])
+    return torch.cat(out)
+
+
+def knn_top1(train_f: Tensor, train_y: Tensor, query_f: Tensor, query_y: Tensor,
+             n_classes: int, k: int = 20, temperature: float = 0.07,
+             chunk: int = 1024) -> float:
+    """kNN top-1 accuracy: the share of :func:`knn_correct`."""
+    right = knn_correct(train_f, train_y, query_f, query_y, n_classes, k, temperature, chunk)
+    return right.sum().item() / query_f.shape[0]
 
 
 def linear_probe(train_f: Tensor, train_y: Tensor, query_f: Tensor, query_y: Tensor,
                  n_classes: int, epochs: int = 300, lr: float = 0.05, seed: int = 0) -> float:
+    """Linear-probe accuracy: the share of :func:`linear_correct`."""
+    right = linear_correct(train_f, train_y, query_f, query_y, n_classes, epochs, lr, seed)
+    return right.float().mean().item()
+
+
+def linear_correct(train_f: Tensor, train_y: Tensor, query_f: Tensor, query_y: Tensor,
+                   n_classes: int, epochs: int = 300, lr: float = 0.05,
+                   seed: int = 0) -> Tensor:
+    """(Q,) bool: which query items the linear probe classifies right."""
     mu, sd = train_f.mean(0), train_f.std(0).clamp_min(1e-6)
     xt, xq = (train_f - mu) / sd, (query_f - mu) / sd
     g = torch.Generator(device="cpu").manual_seed(seed)
@@ -80,23 +98,46 @@ def linear_probe(train_f: Tensor, train_y: Tensor, query_f: Tensor, query_y: Ten
             F.cross_entropy(xt @ w.T + b, train_y).backward()
             opt.step()
     with torch.no_grad():
-        return ((xq @ w.T + b).argmax(1) == query_y).float().mean().item()
+        return (xq @ w.T + b).argmax(1) == query_y
 
 
 def evaluate(encoder: nn.Module, suite: Suite, data: SuiteData, cfg: EvalConfig,
              seed: int) -> dict[str, float]:
     """kNN and linear accuracy on ``cfg.split`` (test, or val when tuning), and the suite's own
     metrics on the same split (:meth:`negbench.suites.Suite.evaluate_extra`)."""
+    return evaluate_items(encoder, suite, data, cfg, seed)[0]
+
+
+def evaluate_items(encoder: nn.Module, suite: Suite, data: SuiteData, cfg: EvalConfig,
+                   seed: int) -> tuple[dict[str, float], dict[str, Tensor]]:
+    """:func:`evaluate`'s metrics, and which items of the split each probe got right
+    (``{"knn": (Q,) bool, "linear": (Q,) bool}``, in the split's order): what the report's
+    per-item intervals and paired tests are computed from."""
     query = read_split(data, cfg.split)
     tf = embed(encoder, suite, data.train.x)
     qf = embed(encoder, suite, query.x)
-    return {
-        "knn_acc": knn_top1(tf, data.train.y, qf, query.y, data.n_classes, cfg.knn_k,
-                            cfg.knn_temperature),
-        "linear_acc": linear_probe(tf, data.train.y, qf, query.y, data.n_classes,
-                                   cfg.linear_epochs, cfg.linear_lr, seed),
+    items = {
+        "knn": knn_correct(tf, data.train.y, qf, query.y, data.n_classes, cfg.knn_k,
+                           cfg.knn_temperature),
+        "linear": linear_correct(tf, data.train.y, qf, query.y, data.n_classes,
+                                 cfg.linear_epochs, cfg.linear_lr, seed),
+    }
+    metrics = {
+        "knn_acc": items["knn"].sum().item() / len(query),
+        "linear_acc": items["linear"].float().mean().item(),
         **suite.evaluate_extra(encoder, data, cfg.split),
     }
+    return metrics, items
+
+
+def items_record(split: str, items: dict[str, Tensor]) -> dict[str, str | int]:
+    """Per-item correctness as a small JSON record: one '0'/'1' string per probe."""
+    out: dict[str, str | int] = {"split": split}
+    for name, right in items.items():
+        bits = right.to("cpu", torch.uint8).tolist()
+        out[f"{name}_correct"] = "".join("1" if b else "0" for b in bits)
+        out["items"] = len(bits)
+    return out
 
 
 def knn_accuracy(encoder: nn.Module, suite: Suite, data: SuiteData, split: str,
