@@ -351,22 +351,6 @@ def tilt_weights(sim: Tensor, sel: Tensor, t: float) -> Tensor:
     return e * (n / e.sum(1, keepdim=True).clamp_min(tiny))  # (A, P)
 
 
-# --------------------------------------------------------------------------- shared state
-@torch.no_grad()
-def fifo_enqueue(queue: Tensor, queue_ids: Tensor, ptr: Tensor, keys: Tensor,
-                 ids: Tensor) -> None:
-    """Enqueue ``keys`` (B, D) with dataset ``ids`` (B,) into a ring buffer in place (MoCo's
-    ``_dequeue_and_enqueue``): key j goes to slot (ptr + j) mod K and ``ptr`` advances by B, all
-    on the device. A batch longer than the queue writes only its last K keys, which is what a
-    FIFO of length K keeps."""
-    k_len, b = queue.shape[0], keys.shape[0]
-    n = min(b, k_len)
-    slots = (ptr + (b - n) + torch.arange(n, device=keys.device)) % k_len  # (n,)
-    queue.index_copy_(0, slots, keys[b - n:].to(queue.dtype))  # (K, D)
-    queue_ids.index_copy_(0, slots, ids[b - n:])  # (K,)
-    ptr.add_(b).remainder_(k_len)
-
-
 # --------------------------------------------------------------------------- base class
 class Strategy(nn.Module):
     """Base class of every negative-sampling strategy.

@@ -8,7 +8,7 @@ toward harder negatives during training. Optional weights after Robinson, Chuang
 "Contrastive Learning with Hard Negative Samples" (HCL), ICLR 2021.
 
 Here, for each anchor of the symmetric in-batch selection (SimCLR's 2B anchors and 2B-2
-negatives each, :func:`negbench.strategies.in_batch.in_batch_negatives`):
+negatives each, :func:`negbench.strategies.kernels.in_batch_negatives`):
 
 - the window on n ranked candidates: m = clamp(ceil(width * n), 1, n) consecutive ranks from
   rank lo = round(p * (n - m)), halves rounded up, to hi = lo + m (exclusive), rank 0 the least
@@ -35,10 +35,9 @@ negatives each, :func:`negbench.strategies.in_batch.in_batch_negatives`):
   are all in or all out). An anchor without a valid sampled candidate (n_s = 0) keeps all its
   negatives.
 - with ``beta_max > 0``, HCL-style importance weights w = exp(beta * s / tau) over the selected
-  negatives, normalised to mean 1 per anchor (:func:`negbench.strategies.hcl.importance_weights`),
-  with
-  beta = beta_max * p annealed with the window (tau = ``ctx.temperature``, the objective's
-  temperature).
+  negatives, normalised to mean 1 per anchor
+  (:func:`negbench.strategies.kernels.importance_weights`), with beta = beta_max * p annealed
+  with the window (tau = ``ctx.temperature``, the objective's temperature).
 
 The similarities are computed once, with their gradients, and handed to the objective
 (``Negatives.sim``); the selection and the weights use a detached copy. The fractions width, p
@@ -84,8 +83,7 @@ from negbench.strategies import (
     StrategyError,
     register,
 )
-from negbench.strategies.hcl import importance_weights
-from negbench.strategies.in_batch import in_batch_negatives
+from negbench.strategies.kernels import importance_weights, in_batch_negatives, ordered_bits
 
 SCHEDULES = ("linear", "cosine", "step")
 RANKINGS = ("sample", "exact")
@@ -176,23 +174,6 @@ def sample_columns(pool: int, s: int, generator: torch.Generator,
     if pool <= s:
         return None
     return torch.randperm(pool, generator=generator, device=device)[:s]  # (S,)
-
-
-_SAME_SIZE_INT = {torch.float64: torch.int64, torch.float32: torch.int32,
-                  torch.float16: torch.int16, torch.bfloat16: torch.int16}
-
-
-def ordered_bits(x: Tensor) -> Tensor:
-    """The bits of the floats ``x`` as signed integers of the same size, in the floats' order:
-    IEEE 754 orders non-negative floats like their bits; a negative float's other bits are
-    flipped, which reverses their order below zero. The map is its own inverse (it keeps the sign
-    bit), so ``ordered_bits(i).view(float)`` recovers the floats. -0.0 sorts just below +0.0
-    (they compare equal as floats). ``x`` may also be such integers (the inverse). Its only use:
-    torch's CPU sort and top-k are ~25% faster on int32 than on float32 rows."""
-    i = x.view(_SAME_SIZE_INT[x.dtype]) if x.is_floating_point() else x
-    flip = i >> (8 * i.element_size() - 1)  # -1 where the sign bit is set, else 0
-    flip &= torch.iinfo(i.dtype).max  # there, every bit but the sign
-    return flip.bitwise_xor_(i)  # one new tensor, not three
 
 
 def sort_rows(bits: Tensor) -> Tensor:

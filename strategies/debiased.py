@@ -25,7 +25,7 @@ from typing import ClassVar
 from torch import Tensor
 
 from negbench.strategies import Float, Negatives, StepContext, Strategy, StrategyError, register
-from negbench.strategies.in_batch import in_batch_negatives
+from negbench.strategies.kernels import in_batch_negatives
 
 
 @dataclass(frozen=True)

@@ -33,8 +33,7 @@ from typing import ClassVar
 from torch import Tensor
 
 from negbench.strategies import Float, Negatives, StepContext, Strategy, StrategyError, register
-from negbench.strategies.base import tilt_weights
-from negbench.strategies.in_batch import in_batch_negatives
+from negbench.strategies.kernels import in_batch_negatives
 
 
 @dataclass(frozen=True)
@@ -50,12 +49,6 @@ class HCLConfig:
             raise StrategyError(f"hcl: beta must be a finite number >= 0, got {self.beta}")
         if not 0.0 <= self.tau_plus < 1.0:
             raise StrategyError(f"hcl: tau_plus must lie in [0, 1), got {self.tau_plus}")
-
-
-def importance_weights(sim: Tensor, sel: Tensor, beta: float, tau: float) -> Tensor:
-    """(A, P) w = e^{beta s / tau}, normalised to mean 1 over each row's selected entries, 0
-    elsewhere (:func:`negbench.strategies.base.tilt_weights` with t = beta / tau)."""
-    return tilt_weights(sim, sel, beta / tau)
 
 
 @register("hcl")

@@ -39,7 +39,7 @@ from negbench.strategies import (
     StrategyError,
     register,
 )
-from negbench.strategies.base import fifo_enqueue
+from negbench.strategies.kernels import fifo_enqueue
 
 
 @dataclass(frozen=True)

@@ -83,8 +83,7 @@ import torch
 from torch import Tensor
 
 from negbench.strategies import Int, Negatives, StepContext, Strategy, StrategyError, register
-from negbench.strategies.curriculum import ordered_bits
-from negbench.strategies.in_batch import in_batch_negatives
+from negbench.strategies.kernels import in_batch_negatives, ordered_bits
 
 
 @dataclass(frozen=True)
@@ -171,7 +170,7 @@ KEYS_UP_TO = 1 << 22  # rank on ordered_bits() up to this many entries, on the f
 
 def _top_cols(x: Tensor, n: int) -> Tensor:
     """(A, n) the columns of each row's n largest entries of ``x``, in no particular order.
-    Ranked on the floats' :func:`~negbench.strategies.curriculum.ordered_bits`: on 2 CPU cores
+    Ranked on the floats' :func:`~negbench.strategies.kernels.ordered_bits`: on 2 CPU cores
     torch.topk
     runs about 25% faster on them (its float comparisons also test for NaN), 0.82 ms against
     1.06 for n = 64 of each row of a 512 x 512 matrix, the transform included."""

@@ -7,7 +7,7 @@ Clustering", CVPR 2015, section 3.2. For an anchor a with positive p, a negative
 
 with d the Euclidean distance of unit vectors, d = sqrt(2 - 2 cos). Anchors are symmetric as in
 SimCLR (both views of each instance are anchors,
-:func:`negbench.strategies.in_batch.in_batch_negatives`);
+:func:`negbench.strategies.kernels.in_batch_negatives`);
 the candidates come from the batch (default), from a FIFO bank of past keys, or from both.
 
 Selection rules, all vectorised as one (A, P) band mask:
@@ -52,8 +52,7 @@ from negbench.strategies import (
     StrategyError,
     register,
 )
-from negbench.strategies.base import fifo_enqueue
-from negbench.strategies.in_batch import in_batch_negatives
+from negbench.strategies.kernels import fifo_enqueue, in_batch_negatives
 
 POOLS = ("batch", "bank", "both")
 FALLBACKS = ("none", "nearest", "hardest")

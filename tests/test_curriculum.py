@@ -18,12 +18,11 @@ from negbench.strategies.curriculum import (
     Curriculum,
     CurriculumConfig,
     Q,
-    ordered_bits,
     quantise,
     schedule,
     window_bounds,
 )
-from negbench.strategies.in_batch import in_batch_negatives
+from negbench.strategies.kernels import in_batch_negatives, ordered_bits
 
 
 # --------------------------------------------------------------------------- helpers

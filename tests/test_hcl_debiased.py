@@ -234,7 +234,7 @@ def test_registered_with_search_spaces():
 def test_importance_weights_backward_equals_autograd_of_the_plain_expression():
     """The written-out backward of the weights against autograd through the formula, float64,
     with some rows partly masked and one row empty."""
-    from negbench.strategies.hcl import importance_weights
+    from negbench.strategies.kernels import importance_weights
 
     g = torch.Generator().manual_seed(3)
     sim = (torch.rand(6, 9, generator=g, dtype=torch.float64) * 2 - 1).requires_grad_()

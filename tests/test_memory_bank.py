@@ -12,7 +12,7 @@ from negbench import strategies
 from negbench.harness.metrics import NegativeMeter
 from negbench.harness.objectives import info_nce
 from negbench.strategies import StrategyError
-from negbench.strategies.in_batch import in_batch_negatives
+from negbench.strategies.kernels import in_batch_negatives
 from negbench.strategies.memory_bank import MemoryBankConfig
 
 

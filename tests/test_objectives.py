@@ -90,7 +90,7 @@ def test_collinear_embeddings_give_log_k_plus_1():
 def test_nt_xent_equals_cross_entropy_form():
     """SimCLR's NT-Xent written as cross-entropy over a 2B x 2B matrix equals our InfoNCE over
     in-batch negatives."""
-    from negbench.strategies.in_batch import in_batch_negatives
+    from negbench.strategies.kernels import in_batch_negatives
 
     b, d, tau = 5, 8, 0.2
     q, k = _unit(b, d, seed=3), _unit(b, d, seed=4)

@@ -3,8 +3,12 @@ and suite is tested here without anyone listing it."""
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
 import math
+import pkgutil
+import sys
 
 import pytest
 import torch
@@ -104,6 +108,53 @@ def test_strategy_declares_what_the_registry_needs(name):
             assert isinstance(spec, Choice) and default in spec.options
 
 
+NOT_STRATEGIES = {"base", "registry", "kernels"}  # modules of negbench.strategies any may import
+
+
+def _imported_modules(tree: ast.Module, package: str) -> set[str]:
+    """Every module a parsed source file imports, absolute (relative imports resolved against
+    ``package``); ``from X import Y`` counts as X and as X.Y (Y may be a submodule)."""
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{parent}.{base}" if base else parent
+            out.add(base)
+            out.update(f"{base}.{alias.name}" for alias in node.names)
+    return out
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_strategy_imports_no_other_strategy(name):
+    """Strategies are leaves (DESIGN.md): what two of them share lives in
+    ``strategies/kernels.py``, so no strategy module imports another strategy module."""
+    module = sys.modules[strategies.get(name).__module__]
+    if not module.__name__.startswith("negbench.strategies."):
+        pytest.skip(f"{name} is a plugin, not one of negbench's modules")
+    siblings = {f"negbench.strategies.{m.name}"
+                for m in pkgutil.iter_modules(strategies.__path__)
+                if m.name not in NOT_STRATEGIES} - {module.__name__}
+    tree = ast.parse(inspect.getsource(module))
+    imported = _imported_modules(tree, "negbench.strategies")
+    bad = sorted(m for m in imported if any(m == s or m.startswith(s + ".") for s in siblings))
+    assert not bad, (f"{module.__name__} imports {', '.join(bad)}: move what it shares into "
+                     "negbench.strategies.kernels")
+
+
+def test_the_import_check_sees_every_form_of_import():
+    src = ("import negbench.strategies.hcl\nfrom negbench.strategies import mixing, Negatives\n"
+           "from .curriculum import x\nfrom . import dynamic\nfrom negbench.strategies.kernels "
+           "import y\n")
+    got = _imported_modules(ast.parse(src), "negbench.strategies")
+    assert {"negbench.strategies.hcl", "negbench.strategies.mixing",
+            "negbench.strategies.curriculum.x", "negbench.strategies.dynamic",
+            "negbench.strategies.kernels.y"} <= got
+
+
 @pytest.mark.parametrize("name", STRATEGIES)
 def test_strategy_output_conforms(name):
     out = _select(name)
@@ -180,7 +231,7 @@ def test_own_instance_in_one_row_of_the_key_half_is_caught_within_a_rotation():
     """The contract check compares CHECK_ROWS anchor rows per step, moving through the rows:
     a single offending row, past the first block, is caught within A / CHECK_ROWS steps."""
     from negbench.strategies.base import CHECK_ROWS
-    from negbench.strategies.in_batch import in_batch_negatives
+    from negbench.strategies.kernels import in_batch_negatives
 
     def mine(self, q, k, ctx):
         negs = in_batch_negatives(q, k, ctx.ids)
@@ -204,7 +255,7 @@ def test_own_instance_in_one_row_of_the_key_half_is_caught_within_a_rotation():
 def test_constant_weights_written_in_place_are_checked_again():
     """A weight tensor returned unchanged step after step is checked once; written in place,
     its version changes and it is checked again."""
-    from negbench.strategies.in_batch import in_batch_negatives
+    from negbench.strategies.kernels import in_batch_negatives
 
     def mine(self, q, k, ctx):
         negs = in_batch_negatives(q, k, ctx.ids)

@@ -11,7 +11,7 @@ from conftest import Table, make_ctx
 
 from negbench import strategies
 from negbench.strategies import StepContext, StrategyError
-from negbench.strategies.in_batch import in_batch_negatives
+from negbench.strategies.kernels import in_batch_negatives
 from negbench.strategies.semi_hard import SemiHard, SemiHardConfig
 
 

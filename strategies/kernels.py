@@ -1,0 +1,73 @@
+"""Kernels shared by several strategies: the one module a strategy imports besides the contract.
+
+Strategies never import each other (DESIGN.md); whatever two of them compute alike lives here:
+SimCLR's in-batch selection, HCL's importance weights, the float-ordered integer keys of a
+similarity matrix, and the FIFO ring buffer of a queue of keys.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from negbench.strategies.base import Negatives, tilt_weights
+
+
+# --------------------------------------------------------------------------- in-batch selection
+def in_batch_negatives(q: Tensor, k: Tensor, ids: Tensor) -> Negatives:
+    """SimCLR's symmetric selection; other strategies that start from the batch reuse it."""
+    z = torch.cat([q, k])  # (2B, D)
+    zid = torch.cat([ids, ids])  # (2B,)
+    # (2B, 2B): drops the anchor and its positive; the (B, B) block tiled, as zid is ids twice
+    # (half the time of comparing the (2B, 2B) pairs on CPUs: 26 against 48 us at B = 256)
+    mask = (ids[:, None] != ids[None, :]).repeat(2, 2)
+    return Negatives(
+        anchors=z,
+        positives=torch.cat([k, q]),
+        anchor_ids=zid,
+        pool=z,
+        pool_ids=zid,
+        mask=mask,
+        batch_views=z.shape[0],
+    )
+
+
+# --------------------------------------------------------------------------- weights
+def importance_weights(sim: Tensor, sel: Tensor, beta: float, tau: float) -> Tensor:
+    """(A, P) w = e^{beta s / tau}, normalised to mean 1 over each row's selected entries, 0
+    elsewhere (:func:`negbench.strategies.base.tilt_weights` with t = beta / tau)."""
+    return tilt_weights(sim, sel, beta / tau)
+
+
+# --------------------------------------------------------------------------- ranking keys
+_SAME_SIZE_INT = {torch.float64: torch.int64, torch.float32: torch.int32,
+                  torch.float16: torch.int16, torch.bfloat16: torch.int16}
+
+
+def ordered_bits(x: Tensor) -> Tensor:
+    """The bits of the floats ``x`` as signed integers of the same size, in the floats' order:
+    IEEE 754 orders non-negative floats like their bits; a negative float's other bits are
+    flipped, which reverses their order below zero. The map is its own inverse (it keeps the sign
+    bit), so ``ordered_bits(i).view(float)`` recovers the floats. -0.0 sorts just below +0.0
+    (they compare equal as floats). ``x`` may also be such integers (the inverse). Its only use:
+    torch's CPU sort and top-k are ~25% faster on int32 than on float32 rows."""
+    i = x.view(_SAME_SIZE_INT[x.dtype]) if x.is_floating_point() else x
+    flip = i >> (8 * i.element_size() - 1)  # -1 where the sign bit is set, else 0
+    flip &= torch.iinfo(i.dtype).max  # there, every bit but the sign
+    return flip.bitwise_xor_(i)  # one new tensor, not three
+
+
+# --------------------------------------------------------------------------- queues
+@torch.no_grad()
+def fifo_enqueue(queue: Tensor, queue_ids: Tensor, ptr: Tensor, keys: Tensor,
+                 ids: Tensor) -> None:
+    """Enqueue ``keys`` (B, D) with dataset ``ids`` (B,) into a ring buffer in place (MoCo's
+    ``_dequeue_and_enqueue``): key j goes to slot (ptr + j) mod K and ``ptr`` advances by B, all
+    on the device. A batch longer than the queue writes only its last K keys, which is what a
+    FIFO of length K keeps."""
+    k_len, b = queue.shape[0], keys.shape[0]
+    n = min(b, k_len)
+    slots = (ptr + (b - n) + torch.arange(n, device=keys.device)) % k_len  # (n,)
+    queue.index_copy_(0, slots, keys[b - n:].to(queue.dtype))  # (K, D)
+    queue_ids.index_copy_(0, slots, ids[b - n:])  # (K,)
+    ptr.add_(b).remainder_(k_len)
