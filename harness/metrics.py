@@ -39,32 +39,10 @@ def _acc_dtype(device: torch.device) -> torch.dtype:
 
 
 def false_negative_matrix(negs: Negatives, labels: Tensor) -> Tensor:
-    """(A, P|K) in [0, 1]: how much each candidate shares the anchor's label (1 or 0 for real
+    """(A, W) in [0, 1]: how much each candidate shares the anchor's label (1 or 0 for real
     candidates; the weighted share of its label sources for synthesized ones)."""
-    la = labels[negs.anchor_ids]  # (A,)
-    if negs.sources is None and negs.extra_sources is None:
-        cid = negs.candidate_ids()  # (1, P) or (A, W)
-        return ((la[:, None] == labels[cid.clamp_min(0)]) & (cid >= 0)).to(negs.pool.dtype)
-    src, sw = negs.label_sources()  # (1|A, P|K, R)
-    sw = sw.to(negs.pool.dtype) * (src >= 0)
-    same = (la[:, None, None] == labels[src.clamp_min(0)]).to(sw.dtype)  # (A, P|K, R)
-    return (same * sw).sum(-1) / sw.sum(-1).clamp_min(1e-12)  # (A, P|K)
-
-
-def collisions(negs: Negatives) -> Tensor:
-    """() int64: pool entries past the step's own views, and extra candidates, that hold their
-    anchor's own instance (selected or not). Only those columns are compared: with nothing past
-    the views (in-batch) nothing is."""
-    a_ids, bv = negs.anchor_ids[:, None], negs.batch_views  # (A, 1)
-    if negs.index is None and bv == negs.pool_size and negs.extra_ids is None:
-        return torch.zeros((), dtype=torch.long, device=a_ids.device)  # nothing past the views
-    if negs.index is None:
-        n = torch.count_nonzero(a_ids == negs.pool_ids[None, bv:])  # (A, P - bv)
-    else:  # (A, K): the row test is needed per entry
-        n = torch.count_nonzero((a_ids == negs.pool_ids[negs.index]) & (negs.index >= bv))
-    if negs.extra_ids is not None:  # extras are rows past the pool
-        n = n + torch.count_nonzero(a_ids == negs.extra_ids)  # (A, S)
-    return n
+    label_of = torch.cat([labels, labels.new_full((1,), -1)])  # id -1 reads -1
+    return negs.label_match(label_of).to(negs.pool.dtype)  # (A, W)
 
 
 class NegativeMeter:
@@ -94,34 +72,31 @@ class NegativeMeter:
         its conjunction with the selection, two counts, the masked similarity sum, and one
         update of each accumulator."""
         dt = self.dtype
-        sel = negs.selected()  # (A, P|K) bool
-        weights = negs.candidate_weights()
+        sel = negs.selected()  # (A, W) bool
         self.anchors += negs.num_anchors
         # one fused pass with the 0/1 selection the objective converted already (a float*bool
         # product converts the mask again); float32 within the step, float64 across steps
         sim_sum = torch.dot(sim.reshape(-1), negs.selected_as(sim.dtype).reshape(-1))
-        coll = collisions(negs)
-        if negs.sources is None and negs.extra_sources is None:
+        coll = negs.instance_collisions()
+        match = negs.label_match(self._label_of)  # (A, W) bool, or shares for label sources
+        if match.dtype == torch.bool:
             # real candidates only: every pair is a false negative or not, so counts of bools
-            la = self.labels[negs.anchor_ids]  # (A,)
-            lc = self._label_of[negs.candidate_ids()]  # (1, P) or (A, W); -1 for id -1
-            fn_sel = (la[:, None] == lc).logical_and_(sel)  # (A, W)
+            fn_sel = match.logical_and_(sel)  # (A, W)
             pairs, fns = torch.count_nonzero(sel), torch.count_nonzero(fn_sel)
-            if weights is None:
+            if not negs.is_weighted():
                 self.counts += torch.stack([pairs, fns, coll, pairs, fns])
                 self.sums.select(0, _SIM).add_(sim_sum)
             else:
-                w = weights.to(sim.dtype) * sel  # (A, W)
+                w = negs.selection_weights(sim.dtype)  # (A, W)
                 zero = torch.zeros_like(pairs)
                 self.counts += torch.stack([pairs, fns, coll, zero, zero])
                 self.sums += torch.stack([torch.zeros_like(sim_sum), w.sum(), (w * fn_sel).sum(),
                                           sim_sum]).to(dt)
             hist_fn = fn_sel
         else:
-            fn = false_negative_matrix(negs, self.labels)  # (A, P|K) in [0, 1]
-            self_sel = sel.to(fn.dtype)
-            w = self_sel if weights is None else self_sel * weights.to(fn.dtype)
-            fn_f = fn * self_sel
+            fn = match  # (A, W) in [0, 1]
+            w = negs.selection_weights(fn.dtype)  # (A, W)
+            fn_f = fn * negs.selected_as(fn.dtype)
             pairs = torch.count_nonzero(sel)
             zero = torch.zeros_like(pairs)
             self.counts += torch.stack([pairs, zero, coll, zero, zero])

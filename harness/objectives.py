@@ -139,10 +139,9 @@ def info_nce(negs: Negatives, temperature: float) -> ObjectiveOut:
     sim = negs.similarity()  # (A, W)
     sel = negs.selected()  # (A, W)
     pos = (a * p).sum(-1)  # (A,)
-    plain = negs.plain_weights()
     t, tp = negs.tilt, negs.tau_plus
-    if 2.0 * (1.0 / tau + t) <= 80.0 and not (t and plain is not None):
-        w = negs.selected_as(sim.dtype) if plain is None else sel * plain.to(sim.dtype)  # (A, W)
+    if 2.0 * (1.0 / tau + t) <= 80.0 and not (t and negs.is_weighted(tilt=False)):
+        w = negs.selection_weights(sim.dtype, tilt=False)  # (A, W) the tilt applied below
         # (A,) negatives per anchor; a bool row sum straight into a float is ~6x faster than
         # into int64
         n = sel.sum(1, dtype=sim.dtype) if (tp or t) else None
@@ -154,8 +153,7 @@ def info_nce(negs: Negatives, temperature: float) -> ObjectiveOut:
     # until its weight 0 zeroes it, and used ones lie strictly inside the clamp, so their
     # gradient passes. NOTE: no -inf fill: exp(-inf), and exp of anything that underflows, is
     # several times slower than exp of a normal number on CPUs.
-    weights = negs.candidate_weights()
-    w = sel.to(sim.dtype) if weights is None else sel * weights.to(sim.dtype)  # (A, W)
+    w = negs.selection_weights(sim.dtype)  # (A, W)
     n = sel.sum(1, dtype=sim.dtype) if tp else None
     pos_l = pos / tau  # (A,)
     neg_l = sim / tau  # (A, W)
@@ -179,10 +177,7 @@ def triplet(negs: Negatives, margin: float) -> ObjectiveOut:
     d_an = torch.sqrt((2.0 - 2.0 * sim).clamp_min(1e-12))  # (A, P) ||a - n|| for unit vectors
     d_ap = torch.sqrt((2.0 - 2.0 * pos).clamp_min(1e-12))  # (A,)
     hinge = torch.relu(d_ap[:, None] - d_an + margin)  # (A, P)
-    w = negs.selected().to(sim.dtype)
-    weights = negs.candidate_weights()
-    if weights is not None:
-        w = w * weights.to(sim.dtype)
+    w = negs.selection_weights(sim.dtype)  # (A, P)
     loss = (hinge * w).sum() / w.sum().clamp_min(1e-12)
     return ObjectiveOut(loss=loss, sim=sim.detach())
 

@@ -64,21 +64,17 @@ def with_hard_negatives(negs: Negatives, h: torch.Tensor) -> Negatives:
 
     ``h`` (B, D) holds the encoded hard negatives of the batch's B instances (the suite's
     :meth:`~negbench.suites.Suite.hard_negative_view`, with gradients). The anchors whose positive
-    is the
-    second view are the query views: all A = B anchors of an asymmetric strategy, the first B of
-    a symmetric one (A = 2B, anchors [q; k],
-    :func:`negbench.strategies.in_batch.in_batch_negatives`'
-    layout). Row i (and i + B) gets h_i; for the key-view anchors (rows B..2B) it is masked out
-    (``extra_mask``), as in SimCSE, whose loss contrasts the contradiction with the premise only.
+    is the second view are the query views: all A = B anchors of an asymmetric strategy, the
+    first B of a symmetric one (A = 2B, anchors [q; k], the layout of
+    :func:`negbench.strategies.kernels.in_batch_negatives`). Row i (and i + B) gets h_i; for the
+    key-view anchors (rows B..2B) it is masked out (``extra_mask``), as in SimCSE, whose loss
+    contrasts the contradiction with the premise only.
 
-    The column joins any extras the strategy returned (concatenated along S, masks padded):
-    materialised ones get ``h`` appended to ``extra``; virtual ones (``extra`` None) keep it None,
-    the column's similarity going into ``sim``, which also gains it whenever the strategy gave
-    ``sim``. Its weight is 1 where the strategy weights its candidates, and a strategy's tilt
-    (hcl's importance weights) weighs it like any other selected candidate. Its id is
-    ``HARD_NEGATIVE_ID`` (-1: not a training item, so never an "own instance" nor a collision)
-    with no label source, so the false-negative meter counts it as a true negative: a
-    contradiction is not a paraphrase of its premise."""
+    The column joins any extras the strategy returned (:meth:`Negatives.append_extra`: weight 1
+    where candidates are weighted, weighed by a tilt like any other, no label source). Its id is
+    ``HARD_NEGATIVE_ID`` (-1: not a training item, so never an "own instance" nor a collision),
+    so the false-negative meter counts it as a true negative: a contradiction is not a
+    paraphrase of its premise."""
     a, b = negs.num_anchors, h.shape[0]
     dev = h.device
     if a == b:
@@ -90,36 +86,8 @@ def with_hard_negatives(negs: Negatives, h: torch.Tensor) -> Negatives:
         raise RunFailed(f"the strategy returned {a} anchors for a batch of {b}; a supervised "
                         "hard negative needs A = B (the query views) or A = 2B (query views "
                         "first)")
-    col_ids = torch.full((a, 1), HARD_NEGATIVE_ID, dtype=torch.long, device=dev)
-    col_mask = query if query is not None else torch.ones(a, 1, dtype=torch.bool, device=dev)
-    s = negs.num_extra
-    ch: dict = {}
-    if s == 0:
-        ch["extra"], ch["extra_ids"] = rows[:, None], col_ids  # (A, 1, D), (A, 1)
-        ch["extra_mask"] = query
-    else:
-        if negs.extra is not None:
-            ch["extra"] = torch.cat([negs.extra, rows[:, None]], dim=1)  # (A, S + 1, D)
-        ch["extra_ids"] = torch.cat([negs.extra_ids, col_ids], dim=1)  # (A, S + 1)
-        if negs.extra_mask is not None or query is not None:
-            old = negs.extra_mask
-            if old is None:
-                old = torch.ones(a, s, dtype=torch.bool, device=dev)
-            ch["extra_mask"] = torch.cat([old, col_mask], dim=1)  # (A, S + 1)
-        if negs.extra_weights is not None:
-            one = torch.ones(a, 1, dtype=negs.extra_weights.dtype, device=dev)
-            ch["extra_weights"] = torch.cat([negs.extra_weights, one], dim=1)
-        if negs.extra_sources is not None:
-            r = negs.extra_sources.shape[-1]
-            ch["extra_sources"] = torch.cat(  # (A, S + 1, R'): no label source
-                [negs.extra_sources, torch.full((a, 1, r), -1, dtype=torch.long, device=dev)], 1)
-            ch["extra_source_weights"] = torch.cat(
-                [negs.extra_source_weights,
-                 torch.zeros(a, 1, r, dtype=negs.extra_source_weights.dtype, device=dev)], 1)
-    if negs.sim is not None:
-        col = (negs.anchors * rows).sum(-1, keepdim=True)  # (A, 1)
-        ch["sim"] = torch.cat([negs.sim, col.to(negs.sim.dtype)], dim=1)  # (A, W + 1)
-    return dataclasses.replace(negs, **ch)
+    col_ids = torch.full((a, 1), HARD_NEGATIVE_ID, dtype=torch.long, device=dev)  # (A, 1)
+    return negs.append_extra(rows[:, None], col_ids, query)  # (A, 1, D), (A, 1), (A, 1) | None
 
 
 @dataclass

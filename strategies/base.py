@@ -238,6 +238,21 @@ class Negatives:
             ew = torch.ones(self.extra_ids.shape, dtype=w.dtype, device=w.device)
         return torch.cat([w, ew], dim=1)
 
+    def is_weighted(self, tilt: bool = True) -> bool:
+        """Whether any candidate carries a weight: ``weights``, ``extra_weights`` or, unless
+        ``tilt`` is False, a tilt (a host test: no device work)."""
+        return (tilt and bool(self.tilt)) or not (self.weights is None
+                                                   and self.extra_weights is None)
+
+    def selection_weights(self, dtype: torch.dtype, tilt: bool = True) -> Tensor:
+        """(A, W) in ``dtype``: each selected pair's weight (:meth:`candidate_weights`, or
+        :meth:`plain_weights` when ``tilt`` is False), 0 for the pairs not selected. Nothing
+        weighted, it is the 0/1 selection shared within the step (:meth:`selected_as`)."""
+        w = self.candidate_weights() if tilt else self.plain_weights()
+        if w is None:
+            return self.selected_as(dtype)
+        return self.selected() * w.to(dtype)  # (A, W)
+
     def candidate_ids(self) -> Tensor:
         """(1, P) or (A, W) dataset ids of each row's candidates."""
         ids = self.pool_ids[None, :] if self.index is None else self.pool_ids[self.index]
@@ -269,6 +284,23 @@ class Negatives:
         return (self._with_extra(pad(src, -1), pad(esrc, -1)),
                 self._with_extra(pad(sw, 0.0), pad(esw, 0.0)))
 
+    def label_match(self, labels: Tensor) -> Tensor:
+        """(A, W): how far each candidate shares its anchor's oracle label. ``labels`` holds the
+        label of each dataset id, indexed by id, and one entry more at its end that no anchor's
+        label equals (which the id -1 of a synthesized candidate reads).
+
+        When every candidate stands for its own id (no ``sources``/``extra_sources``), bool: the
+        labels are equal. Otherwise floats in [0, 1] in the pool's dtype: the share of the
+        candidate's label sources, by their weights, with the anchor's label (sources of id -1
+        count for nothing)."""
+        la = labels[self.anchor_ids]  # (A,)
+        if self.sources is None and self.extra_sources is None:
+            return la[:, None] == labels[self.candidate_ids()]  # (A, W)
+        src, sw = self.label_sources()  # (1|A, P|K, R)
+        sw = sw.to(self.pool.dtype) * (src >= 0)
+        same = (la[:, None, None] == labels[src.clamp_min(0)]).to(sw.dtype)  # (A, W, R)
+        return (same * sw).sum(-1) / sw.sum(-1).clamp_min(1e-12)  # (A, W)
+
     def own_instance(self, rows: slice = slice(None)) -> Tensor:
         """(A, W) bool, or (rows, W): candidates that hold the anchor's own instance. Compared
         block by block (shared, then extras), so no (A, W) int64 id matrix is formed."""
@@ -279,6 +311,66 @@ class Negatives:
             return own
         return torch.cat([own.expand(a_ids.shape[0], -1),
                           a_ids == self.extra_ids[rows]], dim=1)  # (A', W)
+
+    def instance_collisions(self) -> Tensor:
+        """() int64: pool entries past the step's own views (``batch_views``), and extra
+        candidates, that hold their anchor's own instance (selected or not). Only those columns
+        are compared: with nothing past the views (in-batch) nothing is."""
+        a_ids, bv = self.anchor_ids[:, None], self.batch_views  # (A, 1)
+        if self.index is None and bv == self.pool_size and self.extra_ids is None:
+            return torch.zeros((), dtype=torch.long, device=a_ids.device)  # nothing past the views
+        if self.index is None:
+            n = torch.count_nonzero(a_ids == self.pool_ids[None, bv:])  # (A, P - bv)
+        else:  # (A, K): the row test is needed per entry
+            n = torch.count_nonzero((a_ids == self.pool_ids[self.index]) & (self.index >= bv))
+        if self.extra_ids is not None:  # extras are rows past the pool
+            n = n + torch.count_nonzero(a_ids == self.extra_ids)  # (A, S)
+        return n
+
+    def append_extra(self, extra: Tensor, ids: Tensor, mask: Tensor | None = None) -> Negatives:
+        """A copy with S' per-anchor candidates appended after any extras: ``extra`` (A, S', D)
+        (with the gradients it has), ``ids`` (A, S') their dataset ids, ``mask`` (A, S') the
+        valid ones (None: all).
+
+        The new columns weigh 1 where candidates are weighted (a tilt weighs them like any
+        selected candidate) and have no label source where candidates have label sources (so
+        with ids -1 they count as true negatives). Virtual extras (``extra`` None) stay virtual:
+        the new columns then live in ``sim`` alone, which gains their similarities whenever it
+        is given."""
+        a, s_new = ids.shape
+        dev = ids.device
+        ch: dict = {}
+        if self.extra_ids is None:
+            ch["extra"], ch["extra_ids"], ch["extra_mask"] = extra, ids, mask  # (A, S', ...)
+        else:
+            s = self.num_extra
+            if self.extra is not None:
+                ch["extra"] = torch.cat([self.extra, extra], dim=1)  # (A, S + S', D)
+            ch["extra_ids"] = torch.cat([self.extra_ids, ids], dim=1)  # (A, S + S')
+            if self.extra_mask is not None or mask is not None:
+                old = self.extra_mask
+                if old is None:
+                    old = torch.ones(a, s, dtype=torch.bool, device=dev)
+                new = mask
+                if new is None:
+                    new = torch.ones(a, s_new, dtype=torch.bool, device=dev)
+                ch["extra_mask"] = torch.cat([old, new], dim=1)  # (A, S + S')
+            if self.extra_weights is not None:
+                one = torch.ones(a, s_new, dtype=self.extra_weights.dtype, device=dev)
+                ch["extra_weights"] = torch.cat([self.extra_weights, one], dim=1)
+            if self.extra_sources is not None:
+                r = self.extra_sources.shape[-1]
+                ch["extra_sources"] = torch.cat(  # (A, S + S', R'): no label source
+                    [self.extra_sources,
+                     torch.full((a, s_new, r), -1, dtype=torch.long, device=dev)], 1)
+                ch["extra_source_weights"] = torch.cat(
+                    [self.extra_source_weights,
+                     torch.zeros(a, s_new, r, dtype=self.extra_source_weights.dtype,
+                                 device=dev)], 1)
+        if self.sim is not None:
+            col = (self.anchors[:, None, :] * extra).sum(-1)  # (A, S')
+            ch["sim"] = torch.cat([self.sim, col.to(self.sim.dtype)], dim=1)  # (A, W + S')
+        return dataclasses.replace(self, **ch)
 
 
 CHECK_ROWS = 64  # anchor rows per step that the own-instance contract check compares

@@ -398,6 +398,30 @@ def test_fnr_accounting_of_the_strategy():
     assert total["collisions_per_anchor"] == 0.0
 
 
+@pytest.mark.parametrize("s,s2", [(0, 0), (3, 2)])
+def test_an_appended_candidate_joins_the_virtual_mixes(s, s2):
+    """``Negatives.append_extra`` on virtual extras, none of them included (s = s' = 0: extras
+    of width 0, with label sources): the new column stays virtual (its similarity in ``sim``),
+    has no label source and weighs as a true negative in the meter."""
+    labels = torch.zeros(3, dtype=torch.long)  # one class: every real candidate is a FN
+    ids = torch.tensor([0, 1, 2])
+    q, k, _ = unit_pair(3, 4, 5)
+    negs = select(MixingConfig(N=4, s=s, s_prime=s2), q, k, ids)
+    h = F.normalize(torch.randn(6, 1, 4, dtype=torch.float64), dim=-1)  # (A, 1, D)
+    merged = negs.append_extra(h, torch.full((6, 1), -1))
+    assert merged.extra is None and merged.num_extra == s + s2 + 1
+    assert merged.extra_sources.shape == (6, s + s2 + 1, 2)
+    torch.testing.assert_close(merged.sim[:, -1], (negs.anchors * h[:, 0]).sum(-1))
+    torch.testing.assert_close(merged.sim[:, :-1], negs.sim)
+    fn = false_negative_matrix(merged, labels)
+    assert (fn[:, -1] == 0).all()
+    torch.testing.assert_close(fn[:, :-1], false_negative_matrix(negs, labels))
+    meter = NegativeMeter(labels)
+    meter.observe(merged, merged.similarity().detach())
+    want = float(negs.selected().sum()) / 6 + 1  # every anchor gets the new column
+    assert meter.snapshot()[1]["negatives_per_anchor"] == pytest.approx(want)
+
+
 # --------------------------------------------------------------------------- contract, cost
 def test_default_config_small_batch_and_costs():
     q, k, ids = unit_pair(8, 16, 6, dtype=torch.float32)
