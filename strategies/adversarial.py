@@ -130,6 +130,7 @@ class Adversarial(Strategy):
     """AdCo's M learnable negatives, ascended on InfoNCE at tau_neg in ``update``."""
 
     Config = AdversarialConfig
+    cfg: AdversarialConfig
     paper = "Hu et al. 2021, AdCo"
 
     def __init__(self, cfg: AdversarialConfig, *, dim: int, n_train: int):

@@ -448,14 +448,15 @@ class Strategy(nn.Module):
     """Base class of every negative-sampling strategy.
 
     A subclass sets ``name`` (via :func:`negbench.strategies.register`), ``Config`` (a frozen
-    dataclass of
-    its knobs, with a ``space`` class attribute for tuning) and implements :meth:`mine`; a stateful
-    one also implements :meth:`update`. State lives in registered buffers.
+    dataclass of its knobs, with a ``space`` class attribute for tuning), declares ``cfg`` as
+    that type (``cfg: MyConfig``, so that ``self.cfg`` is typed) and implements :meth:`mine`; a
+    stateful one also implements :meth:`update`. State lives in registered buffers.
     """
 
     name: ClassVar[str] = ""
     Config: ClassVar[type] = None  # type: ignore[assignment]
     paper: ClassVar[str] = ""
+    cfg: Any  # an instance of Config: each subclass narrows it to its own (cfg: MyConfig)
 
     def __init__(self, cfg: Any, *, dim: int, n_train: int):
         super().__init__()

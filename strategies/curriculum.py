@@ -237,6 +237,7 @@ class Curriculum(Strategy):
     """A window on each anchor's in-batch similarity ranking, moving from easy to hard."""
 
     Config = CurriculumConfig
+    cfg: CurriculumConfig
     paper = "Wu et al. 2021, Conditional Negative Sampling (ring); Robinson et al. 2021 (HCL beta)"
 
     def __init__(self, cfg: CurriculumConfig, *, dim: int, n_train: int):

@@ -44,6 +44,7 @@ class Debiased(Strategy):
     """In-batch negatives with the debiased estimator's class prior tau+."""
 
     Config = DebiasedConfig
+    cfg: DebiasedConfig
     paper = "Chuang et al. 2020, Debiased Contrastive Learning"
 
     def mine(self, q: Tensor, k: Tensor, ctx: StepContext) -> Negatives:

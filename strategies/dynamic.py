@@ -139,6 +139,7 @@ class Dynamic(Strategy):
     refreshed whole-training-set index, encoded fresh."""
 
     Config = DynamicConfig
+    cfg: DynamicConfig
     paper = "Xiong et al. 2021, ANCE"
 
     def __init__(self, cfg: DynamicConfig, *, dim: int, n_train: int):

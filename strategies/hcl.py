@@ -56,6 +56,7 @@ class HCL(Strategy):
     """In-batch negatives importance-weighted towards the hard ones, with tau+ debiasing."""
 
     Config = HCLConfig
+    cfg: HCLConfig
     paper = "Robinson et al. 2021, Contrastive Learning with Hard Negative Samples (HCL)"
 
     def mine(self, q: Tensor, k: Tensor, ctx: StepContext) -> Negatives:

@@ -29,6 +29,7 @@ class InBatch(Strategy):
     """SimCLR's in-batch negatives (2B-2 per anchor)."""
 
     Config = InBatchConfig
+    cfg: InBatchConfig
     paper = "Chen et al. 2020, SimCLR"
 
     def mine(self, q: Tensor, k: Tensor, ctx: StepContext) -> Negatives:

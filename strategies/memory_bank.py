@@ -62,6 +62,7 @@ class MemoryBank(Strategy):
     """MoCo's queue of K momentum-encoder keys; own instance masked, empty slots masked."""
 
     Config = MemoryBankConfig
+    cfg: MemoryBankConfig
     paper = "He et al. 2020, MoCo"
 
     def __init__(self, cfg: MemoryBankConfig, *, dim: int, n_train: int):

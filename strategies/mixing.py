@@ -214,6 +214,7 @@ class Mixing(Strategy):
     """In-batch negatives plus, per anchor, s + s' synthetic mixes of its N hardest (MoCHi)."""
 
     Config = MixingConfig
+    cfg: MixingConfig
     paper = "Kalantidis et al. 2020, Hard Negative Mixing for Contrastive Learning (MoCHi)"
 
     def mine(self, q: Tensor, k: Tensor, ctx: StepContext) -> Negatives:

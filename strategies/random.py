@@ -38,6 +38,7 @@ class Random(Strategy):
     """K uniform draws from the training set per step, own instance masked."""
 
     Config = RandomConfig
+    cfg: RandomConfig
     paper = "Mikolov et al. 2013 (negative sampling), uniform noise distribution"
 
     def mine(self, q: Tensor, k: Tensor, ctx: StepContext) -> Negatives:

@@ -153,6 +153,7 @@ class SemiHard(Strategy):
     """FaceNet's semi-hard band d(a,p) < d(a,n) <= d(a,p) + m over the batch or a key bank."""
 
     Config = SemiHardConfig
+    cfg: SemiHardConfig
     paper = "Schroff et al. 2015, FaceNet (semi-hard negatives)"
 
     def __init__(self, cfg: SemiHardConfig, *, dim: int, n_train: int):

@@ -92,6 +92,8 @@ def test_strategy_declares_what_the_registry_needs(name):
     assert cls.name == name
     assert cls.paper, f"{name}: paper is empty"
     assert cls.__doc__ and cls.__module__.startswith("negbench.strategies.")
+    hints = inspect.get_annotations(cls, eval_str=True)
+    assert hints.get("cfg") is cls.Config, f"{name}: declare cfg: {cls.Config.__name__}"
     cfg = cls.Config()
     assert dataclasses.is_dataclass(cfg)
     with pytest.raises(dataclasses.FrozenInstanceError):
