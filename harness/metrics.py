@@ -67,10 +67,10 @@ class NegativeMeter:
 
         The harness calls it right after the objective's forward pass, while ``sim`` and the
         mask are still in cache. Each (A, W) pass here costs about as much as one of the
-        objective's, and on a CPU each small op costs a few microseconds besides, so the path of
-        real, unweighted candidates (most strategies) makes few of either: the label comparison,
-        its conjunction with the selection, two counts, the masked similarity sum, and one
-        update of each accumulator."""
+        objective's, and each small op has a fixed cost besides, so the path of real, unweighted
+        candidates (most strategies) makes few of either: the label comparison, its conjunction
+        with the selection, two counts, the masked similarity sum, and one update of each
+        accumulator."""
         dt = self.dtype
         sel = negs.selected()  # (A, W) bool
         self.anchors += negs.num_anchors
@@ -110,7 +110,7 @@ class NegativeMeter:
         if (self.steps - 1) % HIST_EVERY:
             return
         r = min(sel.shape[0], HIST_ANCHORS)
-        # via int32: a float -> int64 conversion costs 20x more on some CPUs
+        # via int32: a float -> int64 conversion costs much more on some CPUs
         b = sim[:r].mul(0.5 * BINS).add_(0.5 * BINS).to(torch.int32).clamp_(0, BINS - 1)
         if hist_fn.dtype == torch.bool:  # one scatter: a false negative's key is its bin + BINS
             key = b.add_(hist_fn[:r], alpha=BINS).long().flatten()  # (r W,)

@@ -77,14 +77,14 @@ class _ShiftedNCE(torch.autograd.Function):
     Backward is written out: the gradient of the (A, W) similarities is one pass over the saved
     e w (two with a differentiated tilt: dS/ds_j = c (e w)_j + t ((e w)_j - S w_j / n)), where
     autograd through the plain expression spends about four passes forward and six backward on
-    mul/div/exp nodes: on 2 CPU cores that was 60% of the objective's time beside the matmuls."""
+    mul/div/exp nodes."""
 
     @staticmethod
     def forward(ctx, sim: Tensor, pos: Tensor, w: Tensor, n: Tensor | None, c: float,
                 tp: float, t: float, t_grad: bool) -> Tensor:
         shift = math.exp(-c)
         # (A, W) passes in place where they can be: at A x W = 8192^2 each new (A, W) tensor is
-        # 256 MB of fresh pages, a third of an exp's time on 2 CPU cores
+        # 256 MB of fresh pages, slow to touch the first time
         e = torch.mul(sim, c).exp_()  # (A, W) unshifted: e^{c s}
         wt = None
         if t:
@@ -142,7 +142,7 @@ def info_nce(negs: Negatives, temperature: float) -> ObjectiveOut:
     t, tp = negs.tilt, negs.tau_plus
     if 2.0 * (1.0 / tau + t) <= 80.0 and not (t and negs.is_weighted(tilt=False)):
         w = negs.selection_weights(sim.dtype, tilt=False)  # (A, W) the tilt applied below
-        # (A,) negatives per anchor; a bool row sum straight into a float is ~6x faster than
+        # (A,) negatives per anchor; a bool row sum straight into a float is much faster than
         # into int64
         n = sel.sum(1, dtype=sim.dtype) if (tp or t) else None
         loss = _ShiftedNCE.apply(sim, pos, w, n, 1.0 / tau, tp, t, negs.tilt_grad)  # (A,)

@@ -489,8 +489,7 @@ def run(cfg: RunConfig, *, tracking_uri: str | None = None, experiment: str = "n
     called as soon as the mlflow run exists (before training).
 
     In a distributed run (``torchrun``; see :mod:`negbench.harness.distributed`) every rank trains
-    and
-    evaluates the same model; rank 0 alone records the run, and ``world_size`` says how many
+    and evaluates the same model; rank 0 alone records the run, and ``world_size`` says how many
     processes it took."""
     trainer = Trainer(cfg, data_dir=data_dir)
     tracker = None

@@ -168,8 +168,8 @@ class Adversarial(Strategy):
         pool_ids, mask, source_weights = self._constants(b, q)
         sim = q @ pool.T  # (B, M) the objective's similarities (negs.sim), with q's gradients
         sd = sim.detach()  # (B, M)
-        # (M,) the query view closest to each negative (max's indices: ~2x argmax's speed
-        # along dim 0 on CPUs)
+        # (M,) the query view closest to each negative (max's indices: faster than argmax along
+        # dim 0 on CPUs)
         nearest = sd.max(0).indices
         # for update(): the ascent's logits. Holding q keeps its memory from being reused, so a
         # q at the same address with the same version counter is this q, unmodified.

@@ -57,10 +57,9 @@ the smallest sample) and a sampling error of sd about sqrt(q (1 - q) / S) for a 
 much. The tests check these figures. The realised share at the last step is logged as
 ``curriculum_selected``. ``ranking="exact"`` gives exactly m negatives, at the price of a full
 sort of every row (several times the cost of the objective).
-NOTE: ``rank_sample`` defaults to 64, not more: torch's CPU sort costs 15-30 ns per element even
-on short rows (A = 2048 rows of S = 256 take ~17 ms on one core, three times the (A, P)
-product), and at B = 256 select + objective took ~3.6x the plain InfoNCE floor with S = 256,
-~2.3x with S = 64 (1.8x at B = 1024). A larger S narrows the error as 1/sqrt(S), at that cost.
+NOTE: ``rank_sample`` defaults to 64, not more: torch's CPU sort is costly per element even on
+short rows, so the (A, S) sort weighs on the step as S grows. A larger S narrows the error as
+1/sqrt(S), at that cost.
 NOTE: HCL's weights carry gradients in its reference code; here they are computed from detached
 similarities (constants in the loss), and beta follows the window's position p.
 """
@@ -179,8 +178,8 @@ def sample_columns(pool: int, s: int, generator: torch.Generator,
 def sort_rows(bits: Tensor) -> Tensor:
     """Each row of the integer keys ``bits`` (A, S) sorted; int32 keys by ONE sort of a flat
     int64 array: row r's keys become r * 2^32 + (key + 2^31), which orders rows first and keys
-    within a row. On CPUs that is about 3x faster than torch's per-row sort of short rows
-    (0.2 ms against 0.7 ms at A=512, S=64), whose cost is mostly per row."""
+    within a row. On CPUs that is faster than torch's per-row sort of short rows, whose cost is
+    mostly per row."""
     if bits.dtype != torch.int32:  # float64/float16 similarities: the plain per-row sort
         return bits.sort(dim=1).values
     a, s = bits.shape
@@ -196,7 +195,7 @@ def sampled_window_mask(sim: Tensor, valid: Tensor, width: float, p: float,
 
     ``sim`` (A, P) similarities (detached), ``valid`` (A, P) bool; ``valid_s`` (A, S), when
     given, is ``valid``'s sampled columns, made more cheaply by the caller (a bool
-    ``index_select`` along dim 1 costs as much as four float ones on CPUs). See the module
+    ``index_select`` along dim 1 is slow on CPUs). See the module
     docstring for the rule. A bound that is -inf (+inf) for every anchor, which the host knows
     from p and the width alone, is not compared at all."""
     wq, pq = quantise(width), quantise(p)

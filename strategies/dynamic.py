@@ -25,9 +25,8 @@ Here:
   costs N*N*D multiply-adds, charged as mining at the refresh; ordinary steps charge none.
 - ``search="step"``: each step, each anchor searches the whole index with its current
   (augmented-view) embedding q, against the index's un-augmented, possibly stale embeddings;
-  B*N*D multiply-adds charged per step. Fresher per-anchor queries, but a slow step: at
-  N=50,000, D=128 on 2 CPU cores its select takes 40 ms (B=256) and 140 ms (B=1024), against
-  0.4 ms and 1.3 ms with ``search="refresh"``.
+  B*N*D multiply-adds charged per step. Fresher per-anchor queries, but a slow step: a search
+  of the whole index in every step.
 - ``pick="top"`` (default, the issue's "top-k inside the window"): ranks r_min .. r_min+K-1.
   ``pick="sample"`` (ANCE): K distinct ranks drawn uniformly inside the window from
   ``ctx.generator`` at each step.
@@ -44,7 +43,7 @@ Here:
   r_min) int64.
 
 Cost of a refresh, with the default ``search="refresh"``: N no-grad encodes plus an N x N x D
-search (at N=50,000, D=128: 3.2e11 multiply-adds, about 9 s on 2 CPU cores). Spread over R
+search (at N=50,000, D=128: 3.2e11 multiply-adds). Spread over R
 steps that is N*N*D/R multiply-adds a step against the step mode's B*N*D: the same when R*B = N,
 which is why the default refreshes once per epoch (R = 0): the two modes then do the same mining
 work in all, and the refresh mode none of it in an ordinary step. A fixed R makes the refresh
@@ -241,8 +240,8 @@ class Dynamic(Strategy):
         index = torch.arange(b * cfg.K, device=q.device).view(b, cfg.K)  # (B, K) rows of the pool
         # the objective's similarities from a view of the pool (anchor b's K rows are
         # contiguous): no (B, K, D) gather, and no scatter-add of it in the backward. A product
-        # and a sum, not bmm: bmm of B (K, D) x (D, 1) products is 3x slower on CPUs, forward
-        # and backward
+        # and a sum, not bmm: bmm of B (K, D) x (D, 1) products is slower on CPUs, forward and
+        # backward
         cand = pool.to(q.dtype).view(b, cfg.K, d)  # (B, K, D)
         sim = (cand * q[:, None, :]).sum(2)  # (B, K) with gradients
         return Negatives(

@@ -148,7 +148,7 @@ class _MixedSimilarity(torch.autograd.Function):
         g_main = grad[:, :p]  # (P, P) G, the gradient of S = z z^T
         g_mix = grad[:, p:]  # (P, S')
         # dL/dz = G z + G^T z = (G + G^T) z: one (P, P) x (P, D) product where autograd's
-        # MmBackward makes two (the sum costs a quarter of a product at P = 1024 on 2 CPU cores)
+        # MmBackward makes two (the sum costs less than a product)
         g = g_main + g_main.T  # (P, P)
         if g_mix.shape[1]:
             g.scatter_add_(1, first, g_mix * c_f)  # (P, P) + the mixes' share of x_f
@@ -170,10 +170,8 @@ KEYS_UP_TO = 1 << 22  # rank on ordered_bits() up to this many entries, on the f
 
 def _top_cols(x: Tensor, n: int) -> Tensor:
     """(A, n) the columns of each row's n largest entries of ``x``, in no particular order.
-    Ranked on the floats' :func:`~negbench.strategies.kernels.ordered_bits`: on 2 CPU cores
-    torch.topk
-    runs about 25% faster on them (its float comparisons also test for NaN), 0.82 ms against
-    1.06 for n = 64 of each row of a 512 x 512 matrix, the transform included."""
+    Ranked on the floats' :func:`~negbench.strategies.kernels.ordered_bits`: torch.topk runs
+    faster on them on CPUs (its float comparisons also test for NaN), the transform included."""
     if x.numel() <= KEYS_UP_TO:  # beyond, a new (A, P) integer tensor costs more than it saves
         x = ordered_bits(x)
     return x.topk(n, dim=1, sorted=False).indices
@@ -189,9 +187,7 @@ def hardest(sim: Tensor, n: int) -> Tensor:
     j + P/2, j + 3P/4}): a group holding one of the N largest entries has its maximum among them
     too, so the N groups with the largest maxima hold all N, and the top-N of their 4N columns is
     the row's (exactly, without ties). The top-k then runs over P/4 + 4N entries per row instead
-    of P: on 2 CPU cores 2.2 ms instead of 3.0 at P = 1024, N = 64 and 6.7 instead of 11.7 at
-    P = 2048 (ranked on ordered bits in both; not used below 16 N: at P = 8 N it is no
-    faster)."""
+    of P (not used below 16 N: at P = 8 N it is no faster)."""
     a, p = sim.shape
     if p % 4 or not 16 * n <= p <= 64 * n:
         return _top_cols(sim, n)  # (A, N)

@@ -7,8 +7,8 @@ Clustering", CVPR 2015, section 3.2. For an anchor a with positive p, a negative
 
 with d the Euclidean distance of unit vectors, d = sqrt(2 - 2 cos). Anchors are symmetric as in
 SimCLR (both views of each instance are anchors,
-:func:`negbench.strategies.kernels.in_batch_negatives`);
-the candidates come from the batch (default), from a FIFO bank of past keys, or from both.
+:func:`negbench.strategies.kernels.in_batch_negatives`); the candidates come from the batch
+(default), from a FIFO bank of past keys, or from both.
 
 Selection rules, all vectorised as one (A, P) band mask:
 
@@ -113,8 +113,8 @@ def semi_hard_mask(anchors: Tensor, positives: Tensor, pool: Tensor, valid: Tens
     p = pool.shape[0]
     # NOTE: masked extrema are taken on s shifted by +-4 where the mask holds (cosines lie in
     # [-1, 1], so a shifted entry always wins), not on torch.where(mask, s, inf): on CPUs a
-    # select with an unpredictable mask costs ~2 ns an element, 3-5x the float arithmetic. The
-    # values are then gathered from s itself, unshifted.
+    # select with an unpredictable mask costs several times the float arithmetic. The values are
+    # then gathered from s itself, unshifted.
     if 0 < K < p:
         top = _shifted(s, band, 4.0).topk(K, dim=1).indices  # (A, K) the K most similar in band
         band = torch.zeros_like(band).scatter_(1, top, band.gather(1, top))  # (A, P)
@@ -137,7 +137,7 @@ def semi_hard_mask(anchors: Tensor, positives: Tensor, pool: Tensor, valid: Tens
         j = torch.where(g1 <= g2, j1, j2)  # (A, 1)
     else:  # hardest: the most similar valid candidate
         j = _shifted(s, valid, 4.0).argmax(dim=1, keepdim=True)  # (A, 1)
-    # a bool row "any" through uint8 max: 60x faster than Tensor.any(1) on this CPU
+    # a bool row "any" through uint8 max: much faster than Tensor.any(1) on CPUs
     empty = band.view(torch.uint8).amax(1, keepdim=True) == 0  # (A, 1)
     # the fallback joins the band in place (an OR at one column per row)
     return band.scatter_(1, j, band.gather(1, j) | (valid.gather(1, j) & empty))  # (A, P)

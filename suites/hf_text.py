@@ -47,15 +47,13 @@ dropout. Strategies that encode extra items (``random``, ``dynamic``) get descri
 Evaluation: topic kNN and linear accuracy on the description's lede (its first ``view_len``
 tokens, un-augmented), and retrieval title -> description among the evaluated split's items
 (recall@1, recall@10, MRR, :func:`negbench.suites.text.retrieval_metrics`) with the encoder's
-projections.
-The false-negative rate uses the topic labels: another item of the same topic is a false
-negative.
+projections. The false-negative rate uses the topic labels: another item of the same topic is a
+false negative.
 
 Encoder and budget, sized for a GPU: :class:`negbench.suites.text.TinyTransformer` from scratch,
-256 wide,
-4 layers (7.4M parameters, 4.1M of them the 16k-token embedding table); the default budget is
-1M samples (about 9 epochs of the 112,400 training items), batch 512. On 2 CPU cores that is
-hours; set a smaller ``--budget`` and ``suite.transformer.*`` there.
+256 wide, 4 layers (7.4M parameters, 4.1M of them the 16k-token embedding table); the default
+budget is 1M samples (about 9 epochs of the 112,400 training items), batch 512. On a CPU, set a
+smaller ``--budget`` and ``suite.transformer.*``.
 """
 
 from __future__ import annotations

@@ -29,8 +29,7 @@ what evaluation probes; sentence-transformers' final L2 normalisation is left ou
 anyway). A fresh two-layer head maps it to ``proj_dim`` unit vectors (:meth:`forward`), the space
 the contrastive objective trains.
 
-Cost. 22.7M parameters: on 2 CPU cores about 30 views/s forward+backward at ``view_len`` 64
-(views of 66 positions), some six times slower than the from-scratch transformer; a GPU is the
+Cost. 22.7M parameters, much slower than the from-scratch transformer on a CPU; a GPU is the
 place for the default budget.
 
 NOTE: fine-tuning a pretrained BERT wants a learning rate around 1e-5..1e-4 (``--set

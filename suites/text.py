@@ -208,8 +208,7 @@ class PairedTextViews:
     short text, a passage cropped from the long one), each with token dropout; evaluation reads
     the long text's lede; retrieval is short -> long among an evaluated split's items, with the
     encoder's projections (the space the objective trains). A mixin for
-    :class:`negbench.suites.Suite`
-    subclasses whose config has ``view_len`` and ``dropout_p``."""
+    :class:`negbench.suites.Suite` subclasses whose config has ``view_len`` and ``dropout_p``."""
 
     def headline(self, x: Tensor) -> Tensor:
         """(N, view_len) the short texts of stored items, un-augmented."""
