@@ -8,11 +8,17 @@ come from metric histories, fetched only for the metrics the curves draw.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
+import tempfile
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import pandas as pd
 
@@ -25,8 +31,14 @@ IDENTITY = ("suite", "strategy", "seed", "budget")
 CURVES = ("loss", "fnr", "hardness", "lr")
 X_AXIS = "budget_fraction"
 # columns of the runs frame that are not metrics
+# per-item correctness (artifact ITEMS_FILE): accuracy metric -> the frame's column of its
+# '0'/'1' string; ``items_split`` names the split
+ITEMS_FILE = "items.json"
+ITEM_COLUMNS = {"knn_acc": "knn_correct", "linear_acc": "linear_correct"}
+PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 RUN_COLUMNS = ("run_id", "run_name", "status", "start_time", "end_time", "suite", "strategy",
-               "seed", "budget", "tuned", "variant", "failure", "tags")
+               "seed", "budget", "tuned", "variant", "failure", "tags", *ITEM_COLUMNS.values(),
+               "items_split")
 
 
 def client(uri: str | None):
@@ -81,6 +93,70 @@ def latest_experiment(uri: str | None) -> str:
             return exps[latest[0].info.experiment_id]
     raise ConfigError(f"no runs in the tracking store {resolve_uri(uri)}: run `negbench ablate "
                       "SPEC` or `negbench run` first, or pass --tracking-uri")
+
+
+def parse_items(record) -> dict[str, str | None]:
+    """The frame's item columns from an ``items.json`` record (None where a probe is missing or
+    its string is not '0'/'1' characters of the declared length)."""
+    out: dict[str, str | None] = {c: None for c in ITEM_COLUMNS.values()}
+    out["items_split"] = None
+    if not isinstance(record, dict):
+        return out
+    n = record.get("items")
+    for col in ITEM_COLUMNS.values():
+        bits = record.get(col)
+        if (isinstance(bits, str) and bits and not set(bits) - {"0", "1"}
+                and (n is None or len(bits) == n)):
+            out[col] = bits
+    if any(out[c] for c in ITEM_COLUMNS.values()):
+        out["items_split"] = str(record.get("split", ""))
+    return out
+
+
+def _local_dir(artifact_uri: str) -> Path | None:
+    """The directory of a local (file) artifact store, else None."""
+    u = urlparse(artifact_uri or "")
+    if u.scheme == "file":
+        return Path(url2pathname(u.path))
+    if u.scheme == "" and artifact_uri:
+        return Path(artifact_uri)
+    return None
+
+
+def read_items(c, runs: dict[str, str], workers: int = 8) -> dict[str, dict]:
+    """run_id -> the item columns of its ``items.json`` (:func:`parse_items`), for ``runs``
+    {run_id: artifact URI}; a run without the artifact, or whose artifact cannot be read,
+    gets all None. A local store is read in place; another is downloaded from, quietly."""
+
+    def one(run_id: str, uri: str) -> dict:
+        try:
+            local = _local_dir(uri)
+            if local is not None:
+                path = local / ITEMS_FILE
+                if not path.is_file():
+                    return parse_items(None)
+                return parse_items(json.loads(path.read_text(encoding="utf-8")))
+            if not any(f.path == ITEMS_FILE for f in c.list_artifacts(run_id)):
+                return parse_items(None)
+            with tempfile.TemporaryDirectory() as d:
+                got = c.download_artifacts(run_id, ITEMS_FILE, d)
+                return parse_items(json.loads(Path(got).read_text(encoding="utf-8")))
+        except Exception:  # an unreadable artifact reports as not recorded
+            return parse_items(None)
+
+    ids = list(runs)
+    if not ids:
+        return {}
+    bar = os.environ.get(PROGRESS_BAR)
+    os.environ[PROGRESS_BAR] = "false"  # mlflow's download progress bars, one per run
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(ids)))) as pool:
+            return dict(zip(ids, pool.map(one, ids, [runs[i] for i in ids]), strict=True))
+    finally:
+        if bar is None:
+            os.environ.pop(PROGRESS_BAR, None)
+        else:
+            os.environ[PROGRESS_BAR] = bar
 
 
 @dataclass
@@ -160,6 +236,11 @@ def load(uri: str | None, experiment: str) -> Runs:
             if k not in row:
                 row[k] = v
         rows.append(row)
+    uris = {r.info.run_id: r.info.artifact_uri for r in runs}
+    items = read_items(c, {r["run_id"]: uris[r["run_id"]] for r in rows
+                           if r["status"] == "FINISHED"})
+    for r in rows:
+        r.update(items.get(r["run_id"]) or parse_items(None))
     frame = pd.DataFrame(rows)
     if frame.empty:
         frame = pd.DataFrame(columns=[c for c in RUN_COLUMNS if c != "variant"])
