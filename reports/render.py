@@ -31,6 +31,7 @@ p.meta, .note, figcaption, footer { color: var(--muted); font-size: 13px; }
 .headline { background: var(--soft); border-left: 4px solid var(--accent); padding: 12px 16px;
             margin: 12px 0; border-radius: 0 6px 6px 0; }
 .headline strong { color: var(--accent); }
+p.fact { margin: 6px 0; font-size: 14px; }
 nav ol { padding-left: 20px; } nav li { margin: 6px 0; }
 nav a, h2 a { color: var(--accent); text-decoration: none; }
 ul.notes { margin: 6px 0; padding-left: 20px; color: var(--warn); font-size: 14px; }
@@ -68,7 +69,7 @@ def _clip(s: str, n: int = FAILURE_CHARS) -> str:
 
 
 def _cells(t: Table) -> list[list[str]]:
-    if t.key != "failed":
+    if t.key not in ("failed", "did_not_train"):
         return t.rows
     return [[*r[:-1], _clip(r[-1])] for r in t.rows]
 
@@ -103,6 +104,7 @@ def markdown(rep: Report) -> str:
     for s in rep.sections:
         out.append(f'\n<a id="{s.slug}"></a>\n\n## {s.title}\n')
         out.append(s.headline + "\n")
+        out += [f"{f}\n" for f in s.facts]
         out += [f"> {n}\n" for n in s.notes]
         out += [md_table(t) for t in s.tables]
         if s.figures:
@@ -130,10 +132,30 @@ def _audit_summary(rep: Report) -> str:
 HOW_TO_READ = [
     "Accuracy: frozen-encoder kNN top-1 (k = 20, cosine, temperature-weighted votes) and a "
     "linear probe, on the held-out test split, in percent.",
-    "Confidence interval: mean over seeds ± t(0.975, n − 1) · s / √n, where s is the sample "
-    "standard deviation over the n seeds. One seed gives no interval.",
+    "Accuracy interval, where runs recorded which test items they got right: mean [low, high] "
+    "over seeds and test items. One seed: the exact binomial (Clopper-Pearson) interval over "
+    "the test items; several: a hierarchical bootstrap (seeds, then items) holding both "
+    "sources of variance. A small test split is coarse: with 360 items one item is 0.28 "
+    "points.",
+    "Confidence interval over seeds alone (runs without per-item results, and the suite's own "
+    "metrics): mean over seeds ± t(0.975, n − 1) · s / √n, where s is the sample standard "
+    "deviation over the n seeds. One seed gives no interval.",
+    "Against in-batch, on the same test items: with one seed the exact McNemar test, with "
+    "several a paired bootstrap over seeds and items. Holm's procedure adjusts the p-values "
+    "over all comparisons of a section; a difference counts (is beyond noise) when its "
+    "Holm-adjusted p < 0.05. The headline names a winner only then; otherwise it gives the "
+    "smallest difference the runs could have detected with 80% power.",
     "Paired t-test: the strategy and in-batch are matched by seed; t = mean(Δ) / (s_Δ / √n) "
     "with n − 1 degrees of freedom, two-sided p. p < 0.05 is called significant at the 5% level.",
+    "Floors: the untrained encoder's figures on the same split and seeds (and kNN on the raw "
+    "inputs where defined). A run that does not beat its floor learned nothing, whatever its "
+    "rank.",
+    "Health: alignment and uniformity (Wang & Isola 2020), RankMe (Garrido et al. 2023) and "
+    "hardness give each run a verdict, ok, degraded or collapsed; a strategy with a collapsed "
+    "seed is not ranked but listed under “Did not train”.",
+    "Oracle references (fn-free, supcon) read the labels: bounds, never ranked. False-negative "
+    "headroom = fn-free − in-batch in kNN accuracy: the most that handling false negatives "
+    "could gain.",
     "FNR (false-negative rate): the share of selected (anchor, negative) pairs whose oracle "
     "labels are equal; weighted FNR uses the strategy's weights. Hardness: mean cosine "
     "similarity of an anchor to its negatives.",
@@ -160,12 +182,14 @@ def _class(t: Table, j: int, cell: str) -> str:
     return f' class="{" ".join(cls)}"' if cls else ""
 
 
-def html_table(t: Table, best_first: bool = False) -> str:
+def html_table(t: Table, bold: str | None = None) -> str:
+    """``t`` as HTML; in a ranking, the row of strategy ``bold`` (the section's winner) is
+    marked."""
     head = "".join(f'<th{" class=r" if a == "r" else ""}>{_e(h)}</th>'
                    for h, a in zip(t.headers, t.align, strict=True))
     body = []
-    for i, row in enumerate(_cells(t)):
-        tr = ' class="best"' if best_first and i == 0 else ""
+    for row in _cells(t):
+        tr = ' class="best"' if bold is not None and len(row) > 1 and row[1] == bold else ""
         tds = "".join(f"<td{_class(t, j, c)}>{_e(c)}</td>" for j, c in enumerate(row))
         body.append(f"<tr{tr}>{tds}</tr>")
     note = f'<p class="note">{_e(t.note)}</p>' if t.note else ""
@@ -181,10 +205,12 @@ def _img(out: Path, file: str) -> str:
 def html_section(s: Section, out: Path) -> str:
     parts = [f'<section id="{_e(s.slug)}"><h2><a href="#{_e(s.slug)}">{_e(s.title)}</a></h2>',
              f'<p class="headline">{_bold(s.headline)}</p>']
+    parts += [f'<p class="fact">{_e(f)}</p>' for f in s.facts]
     if s.notes:
         parts.append('<ul class="notes">' + "".join(f"<li>{_e(n)}</li>" for n in s.notes)
                      + "</ul>")
-    parts += [html_table(t, best_first=t.key == "ranking") for t in s.tables]
+    winner = s.data.get("verdict", {}).get("winner")
+    parts += [html_table(t, bold=winner if t.key == "ranking" else None) for t in s.tables]
     if s.figures:
         figs = []
         for f in s.figures:
