@@ -60,10 +60,19 @@ class Palette:
                 "markerfacecolor": "white" if tuned else c, "markeredgecolor": c}
 
 
-def _acc(section: Section, v: str) -> tuple[float, float]:
-    iv = section.data["strategies"][v]["knn_acc"]
+def _acc(section: Section, v: str) -> tuple[float, list[list[float]] | None]:
+    """Mean kNN accuracy (%) and its error bar as the ranking shows it: the per-item interval
+    where the runs recorded one (asymmetric), else the Student-t interval over seeds; None
+    when there is none."""
+    info = section.data["strategies"][v]
+    items = info.get("knn_acc_items")
+    if items:
+        low, high = items["shown"]
+        y = 100 * items["mean"]
+        return y, [[y - 100 * low], [100 * high - y]]
+    iv = info["knn_acc"]
     half = iv["half"]
-    return 100 * iv["mean"], (100 * half if half is not None else math.nan)
+    return 100 * iv["mean"], (None if half is None else [[100 * half], [100 * half]])
 
 
 def _cap_percent(ax) -> None:
@@ -88,7 +97,7 @@ def pareto(section: Section, pal: Palette, out: Path) -> Figure | None:
                 continue
             st = pal.style(section, v)
             on = v in front
-            ax.errorbar([x], [y], yerr=None if math.isnan(err) else [err], fmt="o",
+            ax.errorbar([x], [y], yerr=err, fmt="o",
                         color=st["color"], markerfacecolor=st["markerfacecolor"],
                         markeredgecolor="black" if on else st["markeredgecolor"],
                         markersize=9 if on else 6, capsize=3, elinewidth=1, zorder=3)
@@ -110,8 +119,9 @@ def pareto(section: Section, pal: Palette, out: Path) -> Figure | None:
         ax.set_title(f"kNN accuracy against {name}", fontsize=10)
     name = f"{section.slug}-pareto.png"
     _save(fig, out / name)
-    return Figure("pareto", name, "kNN accuracy (mean, bars: 95% CI) against training compute; "
-                                  "ringed points and the dotted line are the Pareto front.")
+    return Figure("pareto", name, "kNN accuracy of the ranked strategies (mean, bars: 95% "
+                                  "interval as in the ranking) against training compute; ringed "
+                                  "points and the dotted line are the Pareto front.")
 
 
 def acc_fnr(section: Section, pal: Palette, out: Path) -> Figure | None:
