@@ -22,20 +22,24 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-DEFAULT_DIR = Path("negbench-runs")
+from negbench.harness.store import (
+    DEFAULT_DIR,
+    default_uri,
+    mlflow_client,
+    resolve_uri,
+    sqlite_path,
+)
+
+# DEFAULT_DIR, default_uri and resolve_uri live in harness.store; they stay reachable here
+__all__ = ["DEFAULT_DIR", "DEFAULT_EXPERIMENT", "FINAL_METRICS", "PACKAGES", "SEND_EVERY_S",
+           "Tracker", "command_line", "default_uri", "git_commit", "package_versions",
+           "resolve_uri", "run_tags"]
+
 DEFAULT_EXPERIMENT = "negbench"
 FINAL_METRICS = ("knn_acc", "linear_acc", "fnr", "fnr_weighted", "hardness", "samples_seen",
                  "steps", "flops", "wall_seconds", "peak_mem_mb")
 PACKAGES = ("torch", "torchvision", "optuna", "mlflow", "pandas", "rich", "scikit-learn",
             "negbench")
-
-
-def default_uri(root: Path = DEFAULT_DIR) -> str:
-    return f"sqlite:///{(root / 'mlflow.db').resolve()}"
-
-
-def resolve_uri(uri: str | None = None) -> str:
-    return uri or os.environ.get("MLFLOW_TRACKING_URI") or default_uri()
 
 
 def git_commit() -> str:
@@ -70,19 +74,9 @@ class Tracker:
     """A thin layer over ``MlflowClient`` (batched logging, sqlite default)."""
 
     def __init__(self, uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT):
-        import logging
-
-        import mlflow
-        from mlflow import MlflowClient
-
-        # alembic's migration chatter on a new sqlite store is noise for our users
-        logging.getLogger("alembic").setLevel(logging.WARNING)
-        logging.getLogger("mlflow").setLevel(logging.WARNING)
         self.uri = resolve_uri(uri)
-        if self.uri.startswith("sqlite:///"):
-            Path(self.uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-        self._mlflow = mlflow
-        self.client = MlflowClient(tracking_uri=self.uri)
+        # a new sqlite store is made under a lock: processes that start together share it
+        self.client = mlflow_client(self.uri)
         self.experiment_id = self._experiment(experiment)
         self.run_id: str | None = None
         self._pending: list = []  # asynchronous metric writes not yet known to be stored
@@ -98,8 +92,8 @@ class Tracker:
         if exp is not None:
             return exp.experiment_id
         loc = None
-        if self.uri.startswith("sqlite:///"):
-            db = Path(self.uri[len("sqlite:///"):])
+        db = sqlite_path(self.uri)
+        if db is not None:
             loc = (db.parent / "artifacts").resolve().as_uri()
         try:
             return self.client.create_experiment(name, artifact_location=loc)
@@ -177,8 +171,9 @@ class Tracker:
 
 
 def command_line() -> str:
-    """The command that produced a run: the user's ``negbench ...`` line (``harness.cli.main``
-    records it in ``NEGBENCH_COMMAND``, which worker processes inherit), else this process's."""
+    """The command that produced a run: the user's ``negbench ...`` line (``harness.console``
+    records it in ``NEGBENCH_COMMAND`` while a command runs; worker processes inherit it), else
+    this process's."""
     cmd = os.environ.get("NEGBENCH_COMMAND")
     if cmd:
         return cmd
