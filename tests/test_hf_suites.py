@@ -253,12 +253,13 @@ def test_the_cli_says_one_line(cache, tmp_path, capsys, monkeypatch):
 def test_importing_and_listing_suites_never_imports_datasets(tmp_path):
     """Even where `datasets` is installed: a stand-in `datasets` on the path (importable, so
     an import anywhere, guarded or not, would leave it in sys.modules) is never imported by
-    `import suites`, the registry, the status lines or the one-line errors."""
+    `import negbench.suites`, the registry, the status lines or the one-line errors."""
     fake = tmp_path / "site" / "datasets"
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("def load_dataset(*a, **k):\n    raise AssertionError\n")
-    code = ("import sys, suites\n"
-            "import suites.hf_text as hf\n"
+    code = ("import sys\n"
+            "from negbench import suites\n"
+            "import negbench.suites.hf_text as hf\n"
             "assert hf.datasets_available()\n"
             "hf.reachable = lambda url, timeout=3.0: False\n"
             "for n in suites.names():\n"
@@ -270,7 +271,7 @@ def test_importing_and_listing_suites_never_imports_datasets(tmp_path):
             "    except suites.DataUnavailable:\n"
             "        pass\n"
             "assert 'datasets' not in sys.modules\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), str(ROOT)]),
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site"),
            "NEGBENCH_CACHE": str(tmp_path / "cache")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120, cwd=ROOT, env=env)
