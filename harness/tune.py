@@ -86,802 +86,38 @@ Export
     trial counts and the budget and ``--set`` it was tuned under (those are not exported). An
     ablation spec applies them with ``tuned = "FILE"`` (see ``harness.spec``); its runs are
     tagged ``negbench.tuned``.
+
+Modules
+    This one is the command (its parser imports nothing heavy, so ``negbench --help`` stays
+    fast); :mod:`~negbench.harness.tune_settings` (names and defaults),
+    :mod:`~negbench.harness.tune_space` (the search space), :mod:`~negbench.harness.tune_job`
+    (the job, its storage, the trial accounting), :mod:`~negbench.harness.tune_study` (a study at
+    work, the loop over studies) and :mod:`~negbench.harness.tune_report` (summaries, tables,
+    ``--export``). Their public names are also reachable here (loaded on first use).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import difflib
+import importlib
 import json
-import math
-import os
-import re
-import shlex
-import subprocess
 import sys
-import threading
 import time
-import warnings
-import zlib
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
-from negbench.harness.cli import add_tracking_uri
-from negbench.harness.config import BudgetConfig, ConfigError, RunConfig, build_config
-from negbench.strategies.base import Choice, Float, Int
-
-DEFAULT_PREFIX = "tune"
-DEFAULT_EXPERIMENT = "tune"
-DEFAULT_STORAGE_DIR = Path("negbench-runs")
-DEFAULT_CHECKPOINTS = (0.25, 0.5, 0.75)
-PRUNERS = ("median", "hyperband", "none")
-DEFAULT_PRUNE_AFTER = 3
-DEFAULT_HEARTBEAT = 10  # seconds; a trial silent for GRACE_BEATS heartbeats is interrupted
-GRACE_BEATS = 3
-POLL_SECONDS = 2.0
-
-# (factor below, factor above) the value a run would use, log-uniform
-NUISANCE = {
-    "optim.lr": (20.0, 20.0),
-    "optim.weight_decay": (100.0, 100.0),
-    "objective.temperature": (5.0, 5.0),  # InfoNCE
-    "objective.margin": (5.0, 4.0),  # triplet
-}
-
-ATTR_DEFAULT = "negbench.default"
-ATTR_FAILURE = "negbench.failure"
-ATTR_SURPLUS = "negbench.surplus"
-ATTR_RUN = "mlflow.run_id"
-ATTR_SETTINGS = "negbench.settings"
-TAG_ROLE = "negbench.role"
-TAG_STUDY = "optuna.study"
-TAG_TRIAL = "optuna.trial"
-TAG_PRUNED = "pruned"
-TAG_DEFAULT = "negbench.default"
-INTERMEDIATE = "val_knn_acc"
-
-Dist = Float | Int | Choice
-
-
-# --------------------------------------------------------------------------- search space
-def study_name(prefix: str, suite: str, strategy: str) -> str:
-    return f"{prefix}:{suite}:{strategy}"
-
-
-def search_space(cfg: RunConfig, fixed: Sequence[str] = ()) -> dict[str, Dist]:
-    """Dotted run key -> its range: the shared nuisance parameters around ``cfg``'s values, then
-    the strategy's declared space; keys in ``fixed`` (set by the user) are left out."""
-    flat = cfg.flat()
-    space: dict[str, Dist] = {}
-    keys = ["optim.lr", "optim.weight_decay",
-            "objective.temperature" if cfg.objective.name == "infonce" else "objective.margin"]
-    for key in keys:
-        v = float(flat[key])
-        if v <= 0:  # no log range around 0 (a weight decay of 0): not searched
-            continue
-        below, above = NUISANCE[key]
-        space[key] = Float(v / below, v * above, log=True)
-    for knob, dist in type(cfg.strategy_cfg).space.items():
-        space[f"strategy.{knob}"] = dist
-    return {k: d for k, d in space.items() if k not in set(fixed)}
-
-
-def describe(dist: Dist) -> str:
-    if isinstance(dist, Choice):
-        return "one of " + ", ".join(map(str, dist.options))
-    kind = "float" if isinstance(dist, Float) else "int"
-    return f"{kind} in [{dist.low:g}, {dist.high:g}]{' log' if dist.log else ''}"
-
-
-def inside(value: Any, dist: Dist) -> bool:
-    if isinstance(dist, Choice):
-        return value in dist.options
-    if isinstance(dist, Int) and (isinstance(value, bool) or value != int(value)):
-        return False
-    return dist.low <= value <= dist.high
-
-
-def default_params(cfg: RunConfig, space: dict[str, Dist]) -> dict[str, Any]:
-    """The values ``cfg`` gives the searched keys: the parameters of the default trial."""
-    flat = cfg.flat()
-    out = {}
-    for key, dist in space.items():
-        v = flat[key]
-        if not inside(v, dist):
-            raise ConfigError(f"{key}: the default {v!r} of {cfg.strategy} lies outside its "
-                              f"search space ({describe(dist)}); the default trial needs it "
-                              "inside (fix the strategy's Config.space)")
-        out[key] = v
-    return out
-
-
-def suggest(trial, key: str, dist: Dist) -> Any:
-    if isinstance(dist, Choice):
-        return trial.suggest_categorical(key, list(dist.options))
-    if isinstance(dist, Int):
-        return trial.suggest_int(key, int(dist.low), int(dist.high), log=dist.log)
-    return trial.suggest_float(key, float(dist.low), float(dist.high), log=dist.log)
-
-
-def _text(v: Any) -> str:
-    """A value as ``--set`` takes it (repr keeps a float's every digit)."""
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if v is None:
-        return "none"
-    return repr(v) if isinstance(v, float) else str(v)
-
-
-# --------------------------------------------------------------------------- storage
-def default_storage() -> str:
-    return f"sqlite:///{(DEFAULT_STORAGE_DIR / 'optuna.db').resolve()}"
-
-
-def shown_url(url: str) -> str:
-    """The storage URL without its password."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - not a URL sqlalchemy reads: shown as given
-        return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
-
-
-def _sqlite_path(url: str) -> Path | None:
-    if url.startswith("sqlite:///"):
-        return Path(url[len("sqlite:///"):])
-    return None
-
-
-def open_storage(url: str, heartbeat: int = DEFAULT_HEARTBEAT, create: bool = True):
-    """optuna's RDB storage at ``url`` with heartbeats; a sqlite file's directory is created
-    (``create``) or must exist."""
-    import optuna
-
-    db = _sqlite_path(url)
-    if db is not None:
-        if not create and not db.is_file():
-            raise ConfigError(f"--storage {url}: no such optuna database (tune something first, "
-                              "or name the storage it used)")
-        db.parent.mkdir(parents=True, exist_ok=True)
-    elif not re.match(r"^[a-z][a-z0-9+]*://", url):
-        raise ConfigError(f"--storage {url!r} is not a database URL; allowed: "
-                          "sqlite:///PATH or an RDB URL such as postgresql://USER@HOST/DB")
-    kwargs: dict[str, Any] = {}
-    if db is not None:  # several local processes share the file: wait for its lock
-        kwargs["connect_args"] = {"timeout": 60}
-    else:
-        kwargs["pool_pre_ping"] = True
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs,
-                                              heartbeat_interval=heartbeat,
-                                              grace_period=GRACE_BEATS * heartbeat)
-        except ImportError as e:
-            raise ConfigError(f"--storage {shown_url(url)}: its database driver is not "
-                              f"installed ({e}); for PostgreSQL install the team extra: "
-                              "pip install -e '.[team]'") from None
-        except Exception as e:  # noqa: BLE001 - sqlalchemy's many connection errors
-            if isinstance(e, ConfigError):
-                raise
-            raise ConfigError(f"--storage {shown_url(url)}: cannot open it "
-                              f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
-
-
-def _quiet() -> None:
-    import logging
-
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    for name in ("alembic", "mlflow"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-
-
-# --------------------------------------------------------------------------- trial accounting
-def counts(t) -> bool:
-    """Does trial ``t`` count toward the study's T? Completed, pruned, failed with a reason."""
-    from optuna.trial import TrialState
-
-    if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
-        return True
-    return t.state == TrialState.FAIL and ATTR_FAILURE in t.user_attrs
-
-
-def claims(t) -> bool:
-    """Does ``t`` hold one of the T places: it counts, or is running or waiting to run."""
-    from optuna.trial import TrialState
-
-    return counts(t) or t.state in (TrialState.RUNNING, TrialState.WAITING)
-
-
-@dataclass
-class Tally:
-    complete: int = 0
-    pruned: int = 0
-    failed: int = 0
-    running: int = 0
-    waiting: int = 0
-    interrupted: int = 0
-    surplus: int = 0  # asked for by a concurrent worker after the T-th: ended at once, unrun
-
-    @property
-    def counted(self) -> int:
-        return self.complete + self.pruned + self.failed
-
-    @property
-    def claimed(self) -> int:
-        return self.counted + self.running + self.waiting
-
-
-def tally(trials) -> Tally:
-    from optuna.trial import TrialState
-
-    out = Tally()
-    for t in trials:
-        if t.state == TrialState.COMPLETE:
-            out.complete += 1
-        elif t.state == TrialState.PRUNED:
-            out.pruned += 1
-        elif t.state == TrialState.RUNNING:
-            out.running += 1
-        elif t.state == TrialState.WAITING:
-            out.waiting += 1
-        elif counts(t):
-            out.failed += 1
-        elif t.user_attrs.get(ATTR_SURPLUS):
-            out.surplus += 1
-        else:
-            out.interrupted += 1
-    return out
-
-
-# --------------------------------------------------------------------------- the job
-@dataclass
-class Job:
-    """What one ``negbench tune`` invocation asks for (the CLI's options, as data)."""
-
-    suites: tuple[str, ...]
-    strategies: tuple[str, ...]
-    trials: int
-    budget: BudgetConfig | None = None
-    sets: dict[str, str] = field(default_factory=dict)
-    seed: int = 0
-    pruner: str = "median"
-    prune_after: int = DEFAULT_PRUNE_AFTER
-    checkpoints: tuple[float, ...] = DEFAULT_CHECKPOINTS
-    storage: str = ""
-    prefix: str = DEFAULT_PREFIX
-    experiment: str = DEFAULT_EXPERIMENT
-    tracking_uri: str | None = None
-    data_dir: str | None = None
-    heartbeat: int = DEFAULT_HEARTBEAT
-    # parameter dicts enqueued after the default trial when a study is created (the Python API:
-    # e.g. a deliberately bad region, to see it pruned)
-    enqueue: tuple[dict[str, Any], ...] = ()
-
-    def __post_init__(self):
-        if self.trials < 1:
-            raise ConfigError(f"--trials must be >= 1; got {self.trials}")
-        if self.pruner not in PRUNERS:
-            raise ConfigError(f"--pruner must be one of {', '.join(PRUNERS)}; got "
-                              f"{self.pruner!r}")
-        if self.prune_after < 1:
-            raise ConfigError(f"--prune-after must be >= 1; got {self.prune_after}")
-        if self.heartbeat < 1:
-            raise ConfigError(f"--heartbeat must be a whole number of seconds >= 1; got "
-                              f"{self.heartbeat}")
-        if not self.prefix or ":" in self.prefix:
-            raise ConfigError(f"--study must be a non-empty name without ':'; got "
-                              f"{self.prefix!r}")
-        cps = tuple(self.checkpoints)
-        if not cps or any(not 0 < c < 1 for c in cps) or list(cps) != sorted(set(cps)):
-            raise ConfigError(f"--checkpoints must be increasing fractions in (0, 1), e.g. "
-                              f"0.25,0.5,0.75; got {','.join(map(str, cps))}")
-        if len({round(100 * c) for c in cps}) != len(cps) or any(round(100 * c) in (0, 100)
-                                                                   for c in cps):
-            raise ConfigError("--checkpoints must lie at least 1% of the budget apart, "
-                              "between 1% and 99%")
-        split = self.sets.get("eval.split", "val")
-        if split != "val":
-            raise ConfigError(f"eval.split={split}: tuning evaluates on the validation split "
-                              "only (allowed: val)")
-        self.storage = self.storage or default_storage()
-
-
-@dataclass
-class TrialEnd:
-    study: str
-    number: int
-    state: str  # complete | pruned | failed | interrupted | surplus
-    value: float | None = None
-    reason: str = ""
-
-
-class _TrialFailed(Exception):
-    """The trial's run failed by itself: counted, with its reason."""
-
-
-class _Surplus(Exception):
-    """The study already had its T trials when this one was asked for (a concurrent worker)."""
-
-
-class StudyWork:
-    """One (suite, strategy) study: its base config, search space, optuna study and mlflow
-    parent run, and how to run one more trial of it."""
-
-    def __init__(self, job: Job, suite: str, strategy: str, storage, create: bool):
-        import optuna
-
-        from negbench import suites as suite_registry
-
-        self.job, self.suite, self.strategy = job, suite, strategy
-        self.name = study_name(job.prefix, suite, strategy)
-        sets = {**job.sets, "eval.split": "val"}
-        self.base = build_config(suite, strategy, seed=job.seed, budget=job.budget, sets=sets)
-        suite_registry.create(suite, self.base.suite_cfg, data_dir=job.data_dir).locate()
-        self.space = search_space(self.base, fixed=list(job.sets))
-        self.defaults = default_params(self.base, self.space)
-        self.settings = {
-            "suite": suite, "strategy": strategy, "seed": job.seed,
-            "budget": f"{self.base.budget.kind}={self.base.budget.amount:g}",
-            # the device is where a trial runs, not what it means: machines may differ
-            "sets": {k: v for k, v in sorted(job.sets.items()) if k != "device"},
-            "checkpoints": list(job.checkpoints), "pruner": self._pruner_text(),
-            "space": {k: describe(d) for k, d in self.space.items()},
-        }
-        direction = optuna.study.StudyDirection.MAXIMIZE
-        if create:
-            self.study = optuna.create_study(storage=storage, study_name=self.name,
-                                             direction="maximize", load_if_exists=True,
-                                             pruner=self._pruner())
-        else:
-            try:
-                self.study = optuna.load_study(study_name=self.name, storage=storage,
-                                               pruner=self._pruner())
-            except KeyError:
-                raise ConfigError(f"study {self.name!r} does not exist in "
-                                  f"{shown_url(job.storage)}") from None
-        if self.study.direction != direction:
-            raise ConfigError(f"study {self.name!r} in {shown_url(job.storage)} is not a "
-                              "maximisation; use another --study prefix")
-        stored = self.study.user_attrs.get(ATTR_SETTINGS)
-        if stored is None:
-            self.study.set_user_attr(ATTR_SETTINGS, self.settings)
-            if not self.study.get_trials(deepcopy=False):
-                self.study.enqueue_trial(self.defaults, user_attrs={ATTR_DEFAULT: True})
-                for params in job.enqueue:
-                    self.study.enqueue_trial(params)
-        elif stored != json.loads(json.dumps(self.settings)):
-            diff = [k for k in self.settings
-                    if json.loads(json.dumps(self.settings[k])) != stored.get(k)]
-            k = diff[0] if diff else "settings"
-            raise ConfigError(f"study {self.name!r} in {shown_url(job.storage)} was created with "
-                              f"{k} = {stored.get(k)!r}, not {self.settings.get(k)!r}; resume "
-                              f"it with the same settings, or tune under another --study prefix")
-        self._closed: set[int] = set()
-        self.parent_id: str | None = None
-
-    # -- optuna pieces
-    def _pruner_text(self) -> str:
-        j = self.job
-        if j.pruner == "median":
-            return f"median(after {j.prune_after} completed)"
-        if j.pruner == "hyperband":
-            return f"hyperband(min {round(100 * j.checkpoints[0])}%, max 100%, factor 3)"
-        return "none"
-
-    def _pruner(self):
-        import optuna
-
-        j = self.job
-        if j.pruner == "median":
-            return optuna.pruners.MedianPruner(n_startup_trials=j.prune_after,
-                                               n_warmup_steps=0)
-        if j.pruner == "hyperband":
-            return optuna.pruners.HyperbandPruner(min_resource=round(100 * j.checkpoints[0]),
-                                                  max_resource=100, reduction_factor=3)
-        return optuna.pruners.NopPruner()
-
-    def _sampler(self, number: int) -> Any:
-        """TPE seeded for trial ``number`` of this study (trial numbers are unique in a study,
-        whichever process asks)."""
-        import optuna
-
-        seed = zlib.crc32(f"{self.job.seed}:{number}".encode())
-        return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
-
-    def trials(self):
-        return self.study.get_trials(deepcopy=False)
-
-    # -- housekeeping: stale trials, their mlflow runs, the default trial
-    def poll(self) -> Tally:
-        """Fail trials whose process died, close their mlflow runs, put the default trial back
-        if it was lost; the study's tally."""
-        import optuna
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(self.study)
-        trials = self.trials()
-        from optuna.trial import TrialState
-
-        client = None
-        for t in trials:
-            if t.number in self._closed or t.state != TrialState.FAIL or counts(t):
-                continue
-            self._closed.add(t.number)
-            run_id = t.user_attrs.get(ATTR_RUN)
-            if run_id is None:
-                continue
-            client = client or _client(self.job.tracking_uri)
-            try:
-                r = client.get_run(run_id)
-            except Exception:  # noqa: BLE001 - its run is in another tracking store
-                continue
-            if r.info.status == "RUNNING":
-                client.set_tag(run_id, "failure", "interrupted: the process running this trial "
-                                                  "stopped before it ended")
-                client.set_terminated(run_id, status="KILLED")
-        n = tally(trials)
-        has_default = any(t.user_attrs.get(ATTR_DEFAULT) and claims(t) for t in trials)
-        if not has_default and n.claimed < self.job.trials:
-            self.study.enqueue_trial(self.defaults, user_attrs={ATTR_DEFAULT: True})
-            n.waiting += 1
-        return n
-
-    # -- mlflow parent run
-    def _find_parent(self, tracker):
-        found = tracker.client.search_runs(
-            [tracker.experiment_id],
-            filter_string=f"tags.`{TAG_ROLE}` = 'study' and tags.`{TAG_STUDY}` = '{self.name}'",
-            max_results=1, order_by=["attributes.start_time ASC"])
-        return found[0] if found else None
-
-    def parent(self) -> str:
-        """The study's mlflow parent run (found by its tags, else created), RUNNING: this
-        process is about to run trials under it."""
-        if self.parent_id is not None:
-            return self.parent_id
-        from negbench.harness.tracking import Tracker, command_line
-
-        tracker = Tracker(self.job.tracking_uri, self.job.experiment)
-        client = tracker.client
-        found = self._find_parent(tracker)
-        tags = {"trials": str(self.job.trials), "storage": shown_url(self.job.storage)}
-        if found is not None:
-            self.parent_id = found.info.run_id
-            if found.info.status != "RUNNING":
-                client.update_run(self.parent_id, status="RUNNING")
-            tracker.run_id = self.parent_id
-            tracker.set_tags(tags)
-        else:
-            params = {k: v for k, v in self.settings.items() if k not in ("space", "sets")}
-            params.update({f"set.{k}": v for k, v in self.settings["sets"].items()})
-            params.update({f"space.{k}": v for k, v in self.settings["space"].items()})
-            params["checkpoints"] = ",".join(map(str, self.settings["checkpoints"]))
-            self.parent_id = tracker.start(self.name, params, {
-                TAG_ROLE: "study", TAG_STUDY: self.name, "suite": self.suite,
-                "strategy": self.strategy, "negbench.command": command_line(), **tags})
-        return self.parent_id
-
-    def close_parent(self) -> None:
-        """Log the study's summary on its parent run and end it FINISHED (once it has its T
-        trials); nothing when it is already ended."""
-        from negbench.harness.tracking import Tracker
-
-        tracker = Tracker(self.job.tracking_uri, self.job.experiment)
-        found = self._find_parent(tracker)
-        if found is None or found.info.status != "RUNNING":
-            return
-        client, pid = tracker.client, found.info.run_id
-        s = summarize(self.study)
-        metrics = {"trials_complete": s.tally.complete, "trials_pruned": s.tally.pruned,
-                   "trials_failed": s.tally.failed, "trial_seconds": s.seconds}
-        for k, v in (("default_val_knn_acc", s.default), ("best_val_knn_acc", s.best),
-                     ("gain", s.gain)):
-            if v is not None:
-                metrics[k] = v
-        from mlflow.entities import Metric
-
-        ts = int(time.time() * 1000)
-        client.log_batch(pid, metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()])
-        if s.best_trial is not None:
-            client.set_tag(pid, "best_trial", str(s.best_trial))
-        client.set_terminated(pid, status="FINISHED")
-        self.parent_id = None
-
-    # -- one trial
-    def run_one(self, on_event: Callable[[dict], None]) -> TrialEnd:
-        """Ask the study for one trial and run it; how it ended."""
-        import optuna
-
-        trials = self.trials()
-        n = tally(trials)
-        if not n.waiting and n.claimed >= self.job.trials:  # taken meanwhile by another worker
-            return TrialEnd(self.name, -1, "surplus")
-        self.study.sampler = self._sampler(len(trials))  # reseeded by the objective
-        ended: list[TrialEnd] = []
-        parent = self.parent()
-
-        def objective(trial) -> float:
-            return self._objective(trial, parent, on_event, ended)
-
-        self.study.optimize(objective, n_trials=1, catch=(_TrialFailed, _Surplus),
-                            gc_after_trial=False, show_progress_bar=False)
-        end = ended[-1] if ended else TrialEnd(self.name, -1, "interrupted")
-        last = self.study.get_trials(deepcopy=False)
-        mine = [t for t in last if t.number == end.number]
-        if mine and mine[0].state == optuna.trial.TrialState.COMPLETE:
-            self._log_progress(parent, last, mine[0])
-        on_event({"event": "end", "study": self.name, "trial": end.number, "state": end.state,
-                  "value": end.value, "reason": end.reason})
-        return end
-
-    def _log_progress(self, parent: str, trials, t) -> None:
-        from mlflow.entities import Metric
-        from optuna.trial import TrialState
-
-        done = [x.value for x in trials
-                if x.state == TrialState.COMPLETE and x.number <= t.number]
-        ts = int(time.time() * 1000)
-        _client(self.job.tracking_uri).log_batch(parent, metrics=[
-            Metric("trial_val_knn_acc", float(t.value), ts, t.number),
-            Metric("best_val_knn_acc", float(max(done)), ts, t.number)])
-
-    def _objective(self, trial, parent: str, on_event, ended: list[TrialEnd]) -> float:
-        import optuna
-
-        from negbench.harness.runner import RunFailed, RunStopped, run
-        from negbench.strategies import StrategyError
-
-        n = trial.number
-        rank = sum(1 for t in self.trials() if t.number < n and claims(t))
-        if rank >= self.job.trials:
-            trial.set_user_attr(ATTR_SURPLUS, True)
-            ended.append(TrialEnd(self.name, n, "surplus"))
-            raise _Surplus(f"the study already has its {self.job.trials} trials")
-        # the trial's number is known only now: the sampler draws its values from this seed
-        self.study.sampler = self._sampler(n)
-        params = {k: suggest(trial, k, d) for k, d in self.space.items()}
-        is_default = bool(trial.user_attrs.get(ATTR_DEFAULT))
-        on_event({"event": "start", "study": self.name, "trial": n, "default": is_default})
-        tags = {"mlflow.parentRunId": parent, TAG_STUDY: self.name, TAG_TRIAL: str(n),
-                TAG_PRUNED: "false", TAG_DEFAULT: str(is_default).lower()}
-        run_name = f"{self.suite}/{self.strategy}/trial {n}"
-
-        def fail(reason: str) -> _TrialFailed:
-            trial.set_user_attr(ATTR_FAILURE, reason[:2000])
-            ended.append(TrialEnd(self.name, n, "failed", reason=reason))
-            return _TrialFailed(reason)
-
-        sets = {**self.job.sets, "eval.split": "val", **{k: _text(v) for k, v in params.items()}}
-        try:
-            cfg = build_config(self.suite, self.strategy, seed=self.job.seed,
-                               budget=self.job.budget, sets=sets)
-        except ConfigError as e:  # a combination the strategy rejects: a run that never started
-            self._failed_run(run_name, params, tags, str(e), trial)
-            raise fail(f"ConfigError: {e}") from None
-
-        def on_log(point):
-            on_event({"event": "progress", "study": self.name, "trial": n,
-                      "fraction": point["budget_fraction"], "loss": point["loss"]})
-
-        def on_checkpoint(tr, fraction: float):
-            value = tr.knn_accuracy(tr.cfg.eval.split)
-            step = round(100 * fraction)
-            trial.report(value, step)
-            on_event({"event": "checkpoint", "study": self.name, "trial": n,
-                      "fraction": fraction, "value": value})
-            point = {INTERMEDIATE: value}
-            if not is_default and trial.should_prune():
-                raise RunStopped(f"pruned at {step}% of the budget (val kNN {value:.4f})",
-                                 tags={TAG_PRUNED: "true"}, metrics=point)
-            return point
-
-        try:
-            r = run(cfg, tracking_uri=self.job.tracking_uri, experiment=self.job.experiment,
-                    data_dir=self.job.data_dir, on_log=on_log, extra_tags=tags,
-                    run_name=run_name, checkpoints=self.job.checkpoints,
-                    on_checkpoint=on_checkpoint,
-                    on_tracked=lambda rid: trial.set_user_attr(ATTR_RUN, rid))
-        except RunStopped as e:
-            ended.append(TrialEnd(self.name, n, "pruned", reason=str(e)))
-            raise optuna.TrialPruned(str(e)) from None
-        except (RunFailed, StrategyError, ConfigError, FloatingPointError, RuntimeError,
-                ValueError) as e:
-            raise fail(f"{type(e).__name__}: {e}") from None
-        value = float(r.metrics["knn_acc"])
-        if not math.isfinite(value):
-            raise fail(f"the validation kNN accuracy is {value}")
-        _client(self.job.tracking_uri).log_batch(r.run_id, metrics=[_metric(
-            INTERMEDIATE, value, int(r.metrics["samples_seen"]))])
-        trial.set_user_attr("val_linear_acc", float(r.metrics.get("linear_acc", math.nan)))
-        ended.append(TrialEnd(self.name, n, "complete", value=value))
-        return value
-
-    def _failed_run(self, run_name: str, params: dict, tags: dict, reason: str, trial) -> None:
-        from negbench.harness.tracking import Tracker
-
-        tracker = Tracker(self.job.tracking_uri, self.job.experiment)
-        tracker.start(run_name, {**params, "suite": self.suite, "strategy": self.strategy},
-                      {**tags, "suite": self.suite, "strategy": self.strategy})
-        trial.set_user_attr(ATTR_RUN, tracker.run_id)
-        tracker.set_tags({"failure": reason[:4000]})
-        tracker.end("FAILED")
-
-
-def _metric(key: str, value: float, step: int):
-    from mlflow.entities import Metric
-
-    return Metric(key, float(value), int(time.time() * 1000), step)
-
-
-def _client(uri: str | None):
-    from mlflow import MlflowClient
-
-    from negbench.harness.tracking import resolve_uri
-
-    _quiet()
-    return MlflowClient(tracking_uri=resolve_uri(uri))
-
-
-# --------------------------------------------------------------------------- summaries
-@dataclass
-class Summary:
-    name: str
-    suite: str
-    strategy: str
-    tally: Tally
-    default: float | None
-    best: float | None
-    best_trial: int | None
-    best_params: dict[str, Any]
-    seconds: float
-    settings: dict
-
-    @property
-    def gain(self) -> float | None:
-        if self.best is None or self.default is None:
-            return None
-        return self.best - self.default
-
-
-def summarize(study) -> Summary:
-    from optuna.trial import TrialState
-
-    trials = study.get_trials(deepcopy=False)
-    done = [t for t in trials if t.state == TrialState.COMPLETE]
-    best = max(done, key=lambda t: (t.value, -t.number)) if done else None
-    default = next((t.value for t in done if t.user_attrs.get(ATTR_DEFAULT)), None)
-    seconds = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in trials
-                  if counts(t) and t.datetime_start and t.datetime_complete)
-    _, suite, strategy = study.study_name.split(":", 2)
-    return Summary(study.study_name, suite, strategy, tally(trials), default,
-                   None if best is None else best.value, None if best is None else best.number,
-                   {} if best is None else dict(best.params), seconds,
-                   study.user_attrs.get(ATTR_SETTINGS, {}))
-
-
-def summary_tables(summaries: list[Summary], trials_wanted: int | None = None) -> list:
-    """A rich table per suite: strategy, trials (complete/pruned/failed), default and best val
-    kNN, gain, and the time spent in its trials."""
-    from rich.table import Table
-
-    out = []
-    for suite in dict.fromkeys(s.suite for s in summaries):
-        rows = [s for s in summaries if s.suite == suite]
-        budget = rows[0].settings.get("budget", "?")
-        t = Table(title=f"tuning on {suite} ({budget}, val kNN accuracy; test split unused)")
-        for c, j in (("strategy", "left"), ("trials (complete/pruned/failed)", "right"),
-                     ("default val kNN", "right"), ("best val kNN", "right"),
-                     ("gain", "right"), ("best trial", "right"), ("trial time s", "right")):
-            t.add_column(c, justify=j)
-        for s in sorted(rows, key=lambda s: -(s.best if s.best is not None else -1)):
-            n = s.tally
-            want = f" of {trials_wanted}" if trials_wanted and n.counted < trials_wanted else ""
-            gain = "-" if s.gain is None else f"{s.gain:+.4f}"
-            extra = f", {n.interrupted} interrupted" if n.interrupted else ""
-            t.add_row(s.strategy,
-                      f"{n.counted}{want} ({n.complete}/{n.pruned}/{n.failed}){extra}",
-                      "-" if s.default is None else f"{s.default:.4f}",
-                      "-" if s.best is None else f"{s.best:.4f}", gain,
-                      "-" if s.best_trial is None else str(s.best_trial),
-                      f"{s.seconds:,.1f}")
-        out.append(t)
-    return out
-
-
-# --------------------------------------------------------------------------- running
-def open_studies(job: Job, create: bool = True) -> list[StudyWork]:
-    _quiet()
-    storage = open_storage(job.storage, job.heartbeat)
-    return [StudyWork(job, su, st, storage, create) for su in job.suites for st in job.strategies]
-
-
-def work(studies: list[StudyWork], on_event: Callable[[dict], None]) -> None:
-    """Run trials until every study has its T trials: always the first study in order with a
-    free place; when none has one but some still have trials running elsewhere, wait for them
-    (or for their heartbeats to lapse)."""
-    pending = list(studies)
-    while pending:
-        ran = False
-        for s in list(pending):
-            n = s.poll()
-            if n.counted >= s.job.trials:
-                pending.remove(s)
-                if n.running == 0:
-                    s.close_parent()
-                on_event({"event": "study_done", "study": s.name})
-                continue
-            if n.waiting or n.claimed < s.job.trials:  # an enqueued trial, or a free place
-                s.run_one(on_event)
-                ran = True
-                break
-        if not ran and pending:
-            time.sleep(POLL_SECONDS)
-
-
-def export_best(storage_url: str, prefix: str, path: str | Path) -> list[Summary]:
-    """Write the best configuration of every study ``PREFIX:SUITE:STRATEGY`` in the storage as
-    TOML tables ``[SUITE.STRATEGY]``; the summaries of the studies written."""
-    import optuna
-
-    _quiet()
-    storage = open_storage(storage_url, create=False)
-    names = sorted(n for n in optuna.get_all_study_names(storage)
-                   if n.startswith(f"{prefix}:") and n.count(":") == 2)
-    if not names:
-        raise ConfigError(f"no study named {prefix}:SUITE:STRATEGY in "
-                          f"{shown_url(storage_url)} (see --study)")
-    summaries = [summarize(optuna.load_study(study_name=n, storage=storage)) for n in names]
-    written = [s for s in summaries if s.best is not None]
-    if not written:
-        raise ConfigError(f"none of the {len(names)} studies under {prefix!r} in "
-                          f"{shown_url(storage_url)} has a completed trial yet")
-    lines = [f"# the best configuration of each study {prefix}:SUITE:STRATEGY in "
-             f"{shown_url(storage_url)}, written by `negbench tune --export`",
-             "# values: the searched dotted run keys of the best completed trial (validation kNN "
-             "accuracy);",
-             "# an ablation spec applies them with: tuned = \"<this file>\""]
-    for s in written:
-        n = s.tally
-        lines += ["", f"# study {s.name}: best val kNN {s.best:.4f} (trial {s.best_trial}), "
-                      f"default {'-' if s.default is None else f'{s.default:.4f}'}; "
-                      f"{n.counted} trials ({n.complete} complete, {n.pruned} pruned, "
-                      f"{n.failed} failed)",
-                  f"# tuned under budget {s.settings.get('budget', '?')}, seed "
-                  f"{s.settings.get('seed', '?')}"
-                  + "".join(f", --set {k}={v}" for k, v in s.settings.get("sets", {}).items()),
-                  f"[{_toml_key(s.suite)}.{_toml_key(s.strategy)}]"]
-        for k, v in sorted(s.best_params.items()):
-            lines.append(f"{_toml_key(k)} = {_toml_value(v)}")
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text("\n".join(lines) + "\n")
-    return written
-
-
-def _toml_key(k: str) -> str:
-    return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else json.dumps(k)
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        if not math.isfinite(v):
-            raise ConfigError(f"cannot export the non-finite value {v}")
-        return repr(v)
-    if v is None:
-        return '"none"'
-    return json.dumps(str(v))
+from negbench.harness.console import add_tracking_uri, console, main_of, progress
+from negbench.harness.pool import apply_thread_share, run_children
+from negbench.harness.tune_settings import (
+    DEFAULT_CHECKPOINTS,
+    DEFAULT_EXPERIMENT,
+    DEFAULT_HEARTBEAT,
+    DEFAULT_PREFIX,
+    DEFAULT_PRUNE_AFTER,
+    PRUNERS,
+    default_storage,
+)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -955,13 +191,16 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # i/n: a local worker
     p.add_argument("--events", action="store_true", help=argparse.SUPPRESS)
-    p.set_defaults(handler=cmd_tune)
+    p.set_defaults(handler=cmd_tune, on_interrupt=" (run the same command again to resume)")
     return p
 
 
-def job_from_args(args) -> Job:
+def job_from_args(args):
+    """The :class:`~negbench.harness.tune_job.Job` the command line asks for."""
     from negbench import strategies, suites
-    from negbench.harness.config import parse_budget, parse_sets
+    from negbench.harness.config import ConfigError, parse_budget, parse_sets
+    from negbench.harness.store import sqlite_path
+    from negbench.harness.tune_job import Job
 
     missing = [o for o, v in (("--suite", args.suite), ("--strategy", args.strategy),
                               ("--trials", args.trials)) if v is None]
@@ -995,7 +234,7 @@ def job_from_args(args) -> Job:
     if args.workers < 1:
         raise ConfigError(f"--workers must be >= 1; got {args.workers}")
     storage = args.storage or default_storage()
-    db = _sqlite_path(storage)
+    db = sqlite_path(storage)
     if db is not None and not db.is_absolute():  # workers and joiners see the same file
         storage = f"sqlite:///{db.resolve()}"
     return Job(suites=names(args.suite, suites.names(), "suite"),
@@ -1008,12 +247,16 @@ def job_from_args(args) -> Job:
 
 
 def cmd_tune(args) -> int:
-    from negbench.harness.cli import _console, _progress
+    from negbench.harness.store import shown_url
+    from negbench.harness.tracking import resolve_uri
+    from negbench.harness.tune_job import tally
+    from negbench.harness.tune_report import export_best, summarize, summary_tables
+    from negbench.harness.tune_study import open_studies, work
 
     if args.export:
         storage = args.storage or default_storage()
         written = export_best(storage, args.study, args.export)
-        out = _console(stderr=False)
+        out = console(stderr=False)
         for s in written:
             out.print(f"{s.name}: best val kNN {s.best:.4f} (trial {s.best_trial}) -> "
                       f"[{s.suite}.{s.strategy}]", highlight=False)
@@ -1021,10 +264,7 @@ def cmd_tune(args) -> int:
         return 0
     job = job_from_args(args)
     if args.worker is not None:  # a local worker: trials only, events as JSON lines
-        if os.environ.get("NEGBENCH_THREADS"):
-            import torch
-
-            torch.set_num_threads(int(os.environ["NEGBENCH_THREADS"]))
+        apply_thread_share()
         studies = open_studies(job, create=False)
         work(studies, lambda ev: print(json.dumps(ev, default=str), flush=True))
         return 0
@@ -1032,12 +272,12 @@ def cmd_tune(args) -> int:
     studies = open_studies(job)
     for s in studies:
         s.parent()
-    console = _console()
+    con = console()
     total = len(studies) * job.trials
     done0 = sum(min(tally(s.trials()).counted, job.trials) for s in studies)
     failures: list[str] = []
-    with _progress(console, args.no_progress) as progress:
-        overall = progress.add_task(
+    with progress(con, args.no_progress) as prog:
+        overall = prog.add_task(
             f"tune: {len(studies)} studies x {job.trials} trials", total=total,
             completed=done0, stats="")
         rows: dict[int, Any] = {}
@@ -1048,23 +288,21 @@ def cmd_tune(args) -> int:
             label = f"{ev.get('study', '').split(':', 1)[-1]} trial {ev.get('trial')}"
             if kind == "start":
                 if row is None:
-                    row = rows[w] = progress.add_task("", total=100, stats="")
-                progress.update(row, description=f"worker {w}: {label}"
-                                + (" (default)" if ev.get("default") else ""),
-                                completed=0, stats="")
+                    row = rows[w] = prog.add_task("", total=100, stats="")
+                prog.update(row, description=f"worker {w}: {label}"
+                            + (" (default)" if ev.get("default") else ""),
+                            completed=0, stats="")
             elif kind == "progress" and row is not None:
-                progress.update(row, completed=100 * ev["fraction"],
-                                stats=f"loss {ev['loss']:.3f}")
+                prog.update(row, completed=100 * ev["fraction"], stats=f"loss {ev['loss']:.3f}")
             elif kind == "checkpoint" and row is not None:
-                progress.update(row, stats=f"val kNN {ev['value']:.3f} at "
-                                           f"{ev['fraction']:.0%}")
+                prog.update(row, stats=f"val kNN {ev['value']:.3f} at {ev['fraction']:.0%}")
             elif kind == "end":
                 state = ev["state"]
                 if state in ("complete", "pruned", "failed"):
-                    progress.advance(overall)
+                    prog.advance(overall)
                 if row is not None:
                     v = ev.get("value")
-                    progress.update(row, completed=100, stats=state + (
+                    prog.update(row, completed=100, stats=state + (
                         f" val kNN {v:.4f}" if v is not None else ""))
                 if state == "failed":
                     failures.append(f"{label}: {ev.get('reason', '')}")
@@ -1072,7 +310,7 @@ def cmd_tune(args) -> int:
         if args.workers == 1:
             work(studies, on_event)
         else:
-            codes = spawn_workers(args, job, args.workers, on_event)
+            codes = run_children(worker_commands(args, job), lambda w, ev: on_event(ev, w))
             for w, code in enumerate(codes):
                 if code != 0:
                     failures.append(f"worker {w}: exited with status {code}")
@@ -1082,13 +320,11 @@ def cmd_tune(args) -> int:
                     s.close_parent()
     wall = time.perf_counter() - t0
     summaries = [summarize(s.study) for s in studies]
-    out = _console(stderr=False)
+    out = console(stderr=False)
     for t in summary_tables(summaries, job.trials):
         out.print(t)
     for line in failures:
         out.print(f"[red]failed[/red] {line}", highlight=False)
-    from negbench.harness.tracking import resolve_uri
-
     out.print(f"tuning wall-clock {wall:,.1f} s; studies in {shown_url(job.storage)} "
               f"(prefix {job.prefix!r}), runs in mlflow experiment {job.experiment!r} at "
               f"{resolve_uri(job.tracking_uri)}", highlight=False)
@@ -1096,11 +332,9 @@ def cmd_tune(args) -> int:
     return 1 if incomplete else 0
 
 
-def spawn_workers(args, job: Job, n: int, on_event: Callable[[dict, int], None]) -> list[int]:
-    """Start ``n`` local worker processes on the job's studies, pass their JSON event lines to
-    ``on_event(event, worker)``, and return their exit codes."""
-    from negbench.harness.ablate import worker_env
-
+def worker_commands(args, job) -> list[list[str]]:
+    """The command lines of ``--workers N`` local workers on the job's studies (``python -m
+    negbench.harness.tune ... --worker i/n --events``)."""
     base = [sys.executable, "-m", "negbench.harness.tune", "--suite", ",".join(job.suites),
             "--strategy", ",".join(job.strategies), "--trials", str(job.trials),
             "--seed", str(job.seed), "--pruner", job.pruner,
@@ -1116,68 +350,40 @@ def spawn_workers(args, job: Job, n: int, on_event: Callable[[dict, int], None])
                    ("--device", args.device)):
         if v:
             base += [opt, v]
-    procs = [subprocess.Popen(base + ["--worker", f"{i}/{n}"], stdout=subprocess.PIPE,
-                              text=True, env=worker_env(i, n)) for i in range(n)]
-    lock = threading.Lock()
-
-    def pump(i: int, p: subprocess.Popen) -> None:
-        for line in p.stdout:
-            try:
-                ev = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            with lock:
-                on_event(ev, i)
-
-    threads = [threading.Thread(target=pump, args=(i, p), daemon=True)
-               for i, p in enumerate(procs)]
-    for t in threads:
-        t.start()
-    try:
-        codes = [p.wait() for p in procs]
-    except KeyboardInterrupt:
-        for p in procs:
-            with contextlib.suppress(ProcessLookupError):
-                p.terminate()
-        raise
-    for t in threads:
-        t.join(timeout=5)
-    return codes
+    n = args.workers
+    return [base + ["--worker", f"{i}/{n}"] for i in range(n)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``negbench tune`` on its own (``python -m negbench.harness.tune``), with ``negbench``'s error
     handling: bad input is one line and status 2."""
-    from negbench.harness.cli import EXIT_FAILED, EXIT_USAGE, _Parser
-    from negbench.harness.runner import RunFailed
-    from negbench.harness.spec import SpecError
-    from negbench.strategies import StrategyError
-    from negbench.strategies.registry import RegistryError
-    from negbench.suites import SuiteError
+    return main_of(add_parser, "tune", argv)
 
-    parser = _Parser(prog="negbench")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser,
-                                metavar="COMMAND")
-    add_parser(sub)
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(["tune", *argv])
-    os.environ.setdefault("NEGBENCH_COMMAND", shlex.join(["negbench", "tune", *argv]))
-    try:
-        return args.handler(args)
-    except (ConfigError, RegistryError, SuiteError, StrategyError, SpecError) as e:
-        sys.stderr.write(f"negbench tune: error: {e}\n")
-        return EXIT_USAGE
-    except RunFailed as e:
-        sys.stderr.write(f"negbench tune: run failed: {e}\n")
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        sys.stderr.write("negbench tune: interrupted (run the same command again to resume)\n")
-        return 130
+
+# the tuner's public names, from the modules that define them (PEP 562: loaded on first use, so
+# that importing this module, to build the parser, imports neither torch nor optuna)
+_API = {
+    "negbench.harness.tune_settings": ("ATTR_DEFAULT", "ATTR_FAILURE", "ATTR_RUN",
+                                       "ATTR_SETTINGS", "ATTR_SURPLUS", "DEFAULT_STORAGE_DIR",
+                                       "GRACE_BEATS", "INTERMEDIATE", "NUISANCE", "POLL_SECONDS",
+                                       "TAG_DEFAULT", "TAG_PRUNED", "TAG_ROLE", "TAG_STUDY",
+                                       "TAG_TRIAL", "study_name"),
+    "negbench.harness.tune_space": ("Dist", "default_params", "describe", "inside",
+                                    "search_space", "suggest"),
+    "negbench.harness.tune_job": ("Job", "Tally", "claims", "counts", "open_storage", "tally"),
+    "negbench.harness.tune_study": ("StudyWork", "TrialEnd", "open_studies", "work"),
+    "negbench.harness.tune_report": ("Summary", "export_best", "summarize", "summary_tables"),
+}
+_WHERE = {name: module for module, names in _API.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name]), name)
+    globals()[name] = value
+    return value
 
 
 if __name__ == "__main__":
     raise SystemExit(main())
-
-
-__all__ = ["Job", "StudyWork", "Summary", "add_parser", "cmd_tune", "default_params",
-           "export_best", "main", "search_space", "study_name", "summarize", "work"]
