@@ -133,8 +133,30 @@ class _ShiftedNCE(torch.autograd.Function):
         return d_sim, d_pos, d_w, None, None, None, None, None
 
 
+def _supcon(negs: Negatives, tau: float) -> ObjectiveOut:
+    """InfoNCE with several positives (Khosla et al. 2020, L_out): the anchor's positive and
+    its ``extra_positives`` share the numerator's average, and the denominator sums the
+    positive, the extra positives and the selected negatives. Weights, a tilt and tau+ have
+    no meaning here and are refused."""
+    if negs.tau_plus or negs.tilt or negs.is_weighted(tilt=False):
+        raise ObjectiveError("extra positives (SupCon) take no weights, tilt or tau+")
+    sim = negs.similarity()  # (A, W)
+    pos_l = (negs.anchors * negs.positives).sum(-1) / tau  # (A,)
+    ep = negs.extra_positives  # (A, W)
+    used = negs.selected() | ep  # (A, W) the denominator's candidates
+    logits = sim / tau  # (A, W)
+    m = torch.maximum(pos_l, torch.where(used, logits, float("-inf")).amax(1)).detach()  # (A,)
+    e = torch.exp((logits - m[:, None]).clamp(-80.0, 80.0)) * used  # (A, W)
+    log_denom = torch.log(torch.exp(pos_l - m) + e.sum(1)) + m  # (A,)
+    n_pos = 1.0 + ep.sum(1, dtype=sim.dtype)  # (A,)
+    mean_pos = (pos_l + (logits * ep).sum(1)) / n_pos  # (A,)
+    return ObjectiveOut(loss=(log_denom - mean_pos).mean(), sim=sim.detach())
+
+
 def info_nce(negs: Negatives, temperature: float) -> ObjectiveOut:
     tau = temperature
+    if negs.extra_positives is not None:
+        return _supcon(negs, tau)
     a, p = negs.anchors, negs.positives
     sim = negs.similarity()  # (A, W)
     sel = negs.selected()  # (A, W)

@@ -103,6 +103,11 @@ class Negatives:
     - ``batch_views``: the number of leading pool rows that are this step's own views. Any
       other pool entry holding the anchor's instance (a queue can) is an instance collision;
       so is an extra candidate holding it.
+    - ``extra_positives`` (A, W) bool, optional: candidates that are further *positives* of the
+      anchor, disjoint from the selection (SupCon's same-class items, an oracle reference's).
+      The InfoNCE objective then averages the anchor's log-probability over its positive and
+      these, with every one of them in the denominator too (Khosla et al. 2020, L_out); the
+      meters see only the selection, so they are never counted as negatives.
     """
 
     anchors: Tensor
@@ -126,6 +131,7 @@ class Negatives:
     sim: Tensor | None = None
     tilt: float = 0.0
     tilt_grad: bool = True
+    extra_positives: Tensor | None = None
     # derived (A, W) tensors the objective, the meter and the contract check share within a
     # step (the selection, as bool and as 0/1 floats), each kept with the fields it was made
     # from and used only while those are still the same objects (a strategy may reassign them)
@@ -370,6 +376,9 @@ class Negatives:
         if self.sim is not None:
             col = (self.anchors[:, None, :] * extra).sum(-1)  # (A, S')
             ch["sim"] = torch.cat([self.sim, col.to(self.sim.dtype)], dim=1)  # (A, W + S')
+        if self.extra_positives is not None:  # the new columns are negatives
+            ch["extra_positives"] = torch.cat(  # (A, W + S')
+                [self.extra_positives, torch.zeros(a, s_new, dtype=torch.bool, device=dev)], 1)
         return dataclasses.replace(self, **ch)
 
 
@@ -399,6 +408,9 @@ class StepContext:
     charge_mining: Callable[[int], None] = lambda macs: None
     charge_adversary: Callable[[int], None] = lambda n: None
     temperature: float = 0.2  # the objective's tau, for strategies whose weights use it (HCL)
+    # (n_train,) the oracle labels by dataset id: given to an oracle reference alone
+    # (Strategy.oracle), None for every other strategy, which never sees a label
+    labels: Tensor | None = None
 
 
 # --------------------------------------------------------------------------- tilted weights
@@ -456,6 +468,9 @@ class Strategy(nn.Module):
     name: ClassVar[str] = ""
     Config: ClassVar[type] = None  # type: ignore[assignment]
     paper: ClassVar[str] = ""
+    # an oracle reference reads the labels (ctx.labels): it bounds what strategies could reach,
+    # is marked as such in every run and report, and is never ranked or named a winner
+    oracle: ClassVar[bool] = False
     cfg: Any  # an instance of Config: each subclass narrows it to its own (cfg: MyConfig)
 
     def __init__(self, cfg: Any, *, dim: int, n_train: int):
@@ -560,6 +575,10 @@ class Strategy(nn.Module):
                 want["extra_source_weights"] = (negs.extra_source_weights, (*es, er))
         if negs.sim is not None:
             want["sim"] = (negs.sim, (a, sel[1] + negs.num_extra))
+        if negs.extra_positives is not None:
+            want["extra_positives"] = (negs.extra_positives, (a, sel[1] + negs.num_extra))
+            if negs.extra_positives.dtype != torch.bool:
+                raise StrategyError(f"{self.name}: Negatives.extra_positives must be bool")
         if negs.sources is not None:
             if negs.source_weights is None:
                 raise StrategyError(f"{self.name}: sources given without source_weights")

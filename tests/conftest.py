@@ -38,12 +38,22 @@ class Table:
 
 
 def make_ctx(ids: torch.Tensor, table: Table, *, step: int = 0, fraction: float = 0.0,
-             seed: int = 0, temperature: float = 0.2, mining: list | None = None) -> StepContext:
+             seed: int = 0, temperature: float = 0.2, mining: list | None = None,
+             strategy: str | None = None) -> StepContext:
+    """A step context over ``table``. With ``strategy`` the name of an oracle reference, it
+    holds labels too (item i of the table has label i mod 3), as the trainer gives them to
+    oracles alone."""
+    from negbench import strategies
+
     g = torch.Generator(device=ids.device).manual_seed(seed)
     charges = mining if mining is not None else []
+    n = table.z.shape[0]
+    labels = None
+    if strategy is not None and strategies.get(strategy).oracle:
+        labels = torch.arange(n, device=ids.device) % 3
     return StepContext(step=step, fraction=fraction, ids=ids, generator=g,
-                       n_train=table.z.shape[0], encode=table.encode, encode_all=table.encode_all,
-                       charge_mining=charges.append, temperature=temperature)
+                       n_train=n, encode=table.encode, encode_all=table.encode_all,
+                       charge_mining=charges.append, temperature=temperature, labels=labels)
 
 
 @pytest.fixture

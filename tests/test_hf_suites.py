@@ -584,7 +584,7 @@ def test_every_strategy_gets_the_hard_negative_column(name):
     s = strategies.create(name, dim=16, n_train=300)
     for step in range(3):
         ids, q, k, h = _hard_inputs(seed=step)
-        ctx = make_ctx(ids, table, step=step, fraction=step / 3, seed=step)
+        ctx = make_ctx(ids, table, step=step, fraction=step / 3, seed=step, strategy=name)
         negs = s.select(q, k, ctx)
         merged = with_hard_negatives(negs, h)
         s._check_shapes(merged, q)  # the merged selection keeps the strategy contract

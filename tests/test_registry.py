@@ -78,7 +78,8 @@ def _select(name: str, steps: int = 3, seed: int = 0) -> list[Negatives]:
     out = []
     for step in range(steps):
         ids, q, k = _inputs(seed=step)
-        ctx = make_ctx(ids, table, step=step, fraction=step / steps, seed=seed + step)
+        ctx = make_ctx(ids, table, step=step, fraction=step / steps, seed=seed + step,
+                       strategy=name)
         negs = s.select(q, k, ctx)
         out.append(negs)
         s.update(q, k, ctx)

@@ -71,7 +71,7 @@ def test_select_objective_meter_and_update_read_nothing_back(name):
         q = F.normalize(table.z[ids] + 0.1 * torch.randn(b, d, generator=g), dim=1)
         k = F.normalize(table.z[ids] + 0.1 * torch.randn(b, d, generator=g), dim=1)
         q.requires_grad_(True)
-        ctx = make_ctx(ids, table, step=step, fraction=step / 3, seed=step)
+        ctx = make_ctx(ids, table, step=step, fraction=step / 3, seed=step, strategy=name)
         with no_host_reads():
             negs = strat.select(q, k, ctx)
             out = objective(negs)

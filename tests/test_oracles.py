@@ -1,0 +1,146 @@
+"""Oracle references (fn-free, supcon) and the rule that no other strategy sees a label; a run
+that collapses is tagged so and left out of the report's ranking."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import Table, make_ctx
+
+from negbench import strategies
+from negbench.harness.config import build_config, parse_budget
+from negbench.harness.objectives import info_nce
+from negbench.harness.runner import HEALTH_TAG, ORACLE_TAG, Trainer, run
+
+
+def _batch(b=24, d=16, classes=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = F.normalize(torch.randn(b, d, generator=g), dim=1)
+    k = F.normalize(q + 0.3 * torch.randn(b, d, generator=g), dim=1)
+    ids = torch.randperm(100, generator=g)[:b]
+    labels = torch.randint(0, classes, (100,), generator=g)
+    return q, k, ids, labels
+
+
+def _ctx(ids, labels, d=16):
+    ctx = make_ctx(ids, Table(100, d))
+    ctx.labels = labels
+    return ctx
+
+
+def test_oracles_are_flagged_and_the_rest_are_not():
+    flagged = {n for n in strategies.names() if strategies.get(n).oracle}
+    assert flagged == {"fn-free", "supcon"}
+
+
+def test_fn_free_never_selects_a_same_class_candidate():
+    q, k, ids, labels = _batch()
+    s = strategies.create("fn-free", dim=16, n_train=100)
+    negs = s.select(q, k, _ctx(ids, labels))
+    y = labels[negs.pool_ids]
+    same = y[:, None] == y[None, :]
+    assert not (negs.mask & same).any()
+    # and it keeps every other-class view (in-batch less exactly the same-class ones)
+    inb = strategies.create("in-batch", dim=16, n_train=100).select(q, k, _ctx(ids, labels))
+    assert torch.equal(negs.mask, inb.mask & ~same)
+    with pytest.raises(strategies.StrategyError, match="labels"):
+        s.select(q, k, make_ctx(ids, Table(100, 16)))
+
+
+def _supcon_loop(q, k, y, tau):
+    """Khosla et al. 2020, L_out, written from the paper with loops: 2B anchors, A(i) = every
+    other view, P(i) = those with i's label."""
+    z = torch.cat([q, k]).double()
+    yy = torch.cat([y, y])
+    n = z.shape[0]
+    total = 0.0
+    for i in range(n):
+        others = [a for a in range(n) if a != i]
+        denom = sum(math.exp(float(z[i] @ z[a]) / tau) for a in others)
+        pos = [p for p in others if yy[p] == yy[i]]
+        total += -sum(math.log(math.exp(float(z[i] @ z[p]) / tau) / denom) for p in pos) / len(pos)
+    return total / n
+
+
+@pytest.mark.parametrize("tau", [0.2, 0.5])
+def test_supcon_equals_a_loop_reference(tau):
+    q, k, ids, labels = _batch()
+    s = strategies.create("supcon", dim=16, n_train=100)
+    negs = s.select(q, k, _ctx(ids, labels))
+    loss = info_nce(negs, tau).loss
+    assert float(loss) == pytest.approx(_supcon_loop(q, k, labels[ids], tau), rel=1e-5)
+    # the meters see the other classes only: no selected candidate shares the anchor's label
+    y = labels[negs.pool_ids]
+    assert not (negs.selected() & (y[:, None] == y[None, :])).any()
+
+
+def test_supcon_without_same_class_items_is_in_batch_infonce():
+    q, k, ids, _ = _batch()
+    distinct = torch.arange(100)  # every item its own class: P(i) is the other view alone
+    sup = strategies.create("supcon", dim=16, n_train=100).select(q, k, _ctx(ids, distinct))
+    inb = strategies.create("in-batch", dim=16, n_train=100).select(q, k, _ctx(ids, distinct))
+    assert float(info_nce(sup, 0.2).loss) == pytest.approx(float(info_nce(inb, 0.2).loss),
+                                                          rel=1e-6)
+
+
+def test_no_strategy_but_an_oracle_is_given_labels():
+    """Every registered strategy through the registry and the trainer: the context handed to
+    its selection holds the labels only when the strategy is an oracle reference."""
+    seen = {}
+    for name in strategies.names():
+        cfg = build_config("digits", name, seed=0, budget=parse_budget("samples=64"),
+                           sets={"batch_size": "32", "log_every": "1"})
+        tr = Trainer(cfg)
+        mine = tr.strategy.mine
+
+        def spy(q, k, ctx, mine=mine, name=name):
+            seen.setdefault(name, []).append(ctx.labels)
+            return mine(q, k, ctx)
+
+        tr.strategy.mine = spy
+        tr.train()
+        oracle = tr.strategy.oracle
+        got = seen[name]
+        assert got, name
+        if oracle:
+            assert all(torch.equal(lab, tr.train_split.y) for lab in got), name
+        else:
+            assert all(lab is None for lab in got), f"{name} was given labels"
+    assert set(seen) == set(strategies.names())
+
+
+def test_a_collapsing_run_is_tagged_and_left_out_of_the_ranking(tmp_path: Path):
+    from negbench.reports.build import build
+    from negbench.reports.data import load
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sets = {"batch_size": "64", "log_every": "2", "eval.linear_epochs": "20"}
+
+    def collapse(tr, fraction):  # from mid-run on, the projection is one constant vector
+        last = tr.encoder.head[-1]
+        with torch.no_grad():
+            last.weight.zero_()
+        last.weight.requires_grad_(False)
+
+    for name in ("in-batch", "hcl"):
+        cfg = build_config("digits", name, seed=0, budget=parse_budget("samples=1280"),
+                           sets=sets)
+        kw = {"checkpoints": (0.5,), "on_checkpoint": collapse} if name == "hcl" else {}
+        r = run(cfg, tracking_uri=uri, experiment="collapse", **kw)
+        assert (r.health == "collapsed") == (name == "hcl"), (name, r.health_reason)
+        assert math.isfinite(r.metrics["uniform"]) and "floor_knn_acc" in r.metrics
+    runs = load(uri, "collapse")
+    tags = {row.strategy: row.tags for row in runs.frame.itertuples()}
+    assert tags["hcl"][HEALTH_TAG] == "collapsed" and ORACLE_TAG not in tags["hcl"]
+    assert "uniformity" in tags["hcl"]["negbench.health_reason"]
+    report = build(runs)
+    section = report.data["sections"][0]
+    assert section["order"] == ["in-batch"]
+    assert [d["strategy"] for d in section["did_not_train"]] == ["hcl"]
+    assert "hcl" not in report.sections[0].headline
+    json.dumps(report.data, default=str)  # the report's data stays serialisable
