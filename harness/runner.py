@@ -26,11 +26,18 @@ from typing import Any
 import torch
 
 from negbench import NegbenchError, strategies, suites
-from negbench.harness import distributed
+from negbench.harness import distributed, health
 from negbench.harness.budget import Budget, learning_rate
 from negbench.harness.config import ConfigError, RunConfig
-from negbench.harness.cost import CostMeter, PhaseClock, peak_host_mb, probe_flops
-from negbench.harness.evaluate import embed, evaluate
+from negbench.harness.cost import (
+    CostMeter,
+    PhaseClock,
+    peak_host_mb,
+    probe_flops,
+    reset_peak_cuda,
+    reset_peak_host,
+)
+from negbench.harness.evaluate import embed, evaluate_items, items_record, knn_top1
 from negbench.harness.metrics import NegativeMeter
 from negbench.harness.objectives import make_objective, objective_flops
 from negbench.harness.tracking import Tracker, run_tags
@@ -97,6 +104,15 @@ class RunResult:
     run_id: str | None = None
     history: list[dict[str, float]] = field(default_factory=list)
     deciles: dict[str, list[float]] = field(default_factory=dict)
+    health: str = ""  # the verdict: ok, degraded or collapsed (harness.health.verdict)
+    health_reason: str = ""
+
+
+# budget fractions at which a run's representation health joins its training curve
+HEALTH_AT = (0.25, 0.5, 0.75)
+HEALTH_TAG, HEALTH_REASON_TAG = "negbench.health", "negbench.health_reason"
+ORACLE_TAG, FLOOR_KEY_TAG, FLOOR_FROM_TAG = "negbench.oracle", "negbench.floor_key", \
+    "negbench.floor_from"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -131,10 +147,12 @@ class Trainer:
                               "config with harness.config.build_config, which fills in the "
                               "suite's defaults")
         self.cfg = cfg
+        reset_peak_host()  # this run's peak memory is its own, not an earlier run's
         self.dist = distributed.from_env()  # None in one process; see harness.distributed
         self.device = resolve_device(cfg.device)
         if self.dist is not None and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
+        reset_peak_cuda(self.device)
         torch.manual_seed(cfg.seed)
         self.gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
         self.suite = suites.create(cfg.suite, cfg.suite_cfg, data_dir=data_dir)
@@ -236,6 +254,7 @@ class Trainer:
             encode=self._encode, encode_all=self._encode_all,
             charge_mining=self._charge_mining, charge_adversary=self._charge_adversary,
             temperature=self.cfg.objective.temperature,
+            labels=self.train_split.y if self.strategy.oracle else None,
         )
 
     def _encode_together(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -436,12 +455,57 @@ class Trainer:
         return knn_accuracy(self.encoder, self.suite, self.data_on_device(), split,
                             self.cfg.eval)
 
+    def health(self) -> health.Health:
+        """Representation health of the encoder as it is now, on a fixed sample of the
+        evaluated split (:func:`negbench.harness.health.sample_health`)."""
+        split = self.data_on_device().split(self.cfg.eval.split)
+        return health.sample_health(self.encoder, self.suite, split.x)
+
+    def floor(self) -> dict[str, float]:
+        """The floors: the encoder's figures before any training (call it before
+        :meth:`train`) on the evaluated split, as ``floor_*`` metrics (kNN, linear, the suite's
+        own, alignment, uniformity, RankMe), ``raw_knn_acc`` (kNN on the raw inputs, vision
+        suites) and ``floor_seconds``, the time they took (kept out of the eval phase, as a run
+        that reuses another's floors spends none). A run that does not beat them learned
+        nothing."""
+        if self.budget.samples:
+            raise RuntimeError("floor() measures the untrained encoder: call it before train()")
+        t0 = time.perf_counter()
+        data = self.data_on_device()
+        acc, _ = evaluate_items(self.encoder, self.suite, data, self.cfg.eval, self.cfg.seed)
+        out = {f"floor_{k}": v for k, v in acc.items()}
+        out.update(self.health().as_dict(prefix="floor_"))
+        if self.suite.modality == "vision":
+            query, e = data.split(self.cfg.eval.split), self.cfg.eval
+            out["raw_knn_acc"] = knn_top1(
+                self.suite.prepare(data.train.x).flatten(1), data.train.y,
+                self.suite.prepare(query.x).flatten(1), query.y, data.n_classes, e.knn_k,
+                e.knn_temperature)
+        out["floor_seconds"] = time.perf_counter() - t0
+        return out
+
+    def floor_key(self) -> str:
+        """What the floors depend on, hashed: suite and its config, seed, evaluation, device
+        kind, precision and the code's commit. Runs that share it share their floors."""
+        import hashlib
+        import json
+
+        from negbench.harness.tracking import git_commit
+
+        c = self.cfg
+        what = {"suite": c.suite, "suite_cfg": dataclasses.asdict(c.suite_cfg), "seed": c.seed,
+                "eval": dataclasses.asdict(c.eval), "device": self.device.type,
+                "precision": c.speed.precision, "commit": git_commit()}
+        return hashlib.sha1(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
+
     def finish(self) -> dict[str, float]:
-        """Evaluate (every rank of a distributed run, on the same model) and sum up the run."""
+        """Evaluate (every rank of a distributed run, on the same model) and sum up the run.
+        Which evaluated items the probes got right is kept in ``self.items``."""
         self._sync_buffers()
         with self.clock.phase("eval"):
-            acc = evaluate(self.encoder, self.suite, self.data_on_device(), self.cfg.eval,
-                           self.cfg.seed)
+            acc, self.items = evaluate_items(self.encoder, self.suite, self.data_on_device(),
+                                             self.cfg.eval, self.cfg.seed)
+            acc.update(self.health().as_dict())
         _, total = self.meter.snapshot()
         phases = self.clock.resolve()
         b = self.budget
@@ -493,15 +557,27 @@ def run(cfg: RunConfig, *, tracking_uri: str | None = None, experiment: str = "n
     processes it took."""
     trainer = Trainer(cfg, data_dir=data_dir)
     tracker = None
+    floor_key = trainer.floor_key()
     if track and (trainer.dist is None or trainer.dist.main):
         tracker = Tracker(tracking_uri, experiment)
         tags = run_tags(cfg, device_label(trainer.device))
         tags["world_size"] = str(trainer.dist.world if trainer.dist else 1)
+        tags[FLOOR_KEY_TAG] = floor_key
+        if trainer.strategy.oracle:
+            tags[ORACLE_TAG] = "1"
         tags.update(extra_tags or {})
         tracker.start(run_name or f"{cfg.suite}/{cfg.strategy}/seed{cfg.seed}", cfg.flat(), tags)
         tracker.log_json("config.json", cfg.to_dict())
         if on_tracked is not None:
             on_tracked(tracker.run_id)
+    # the floors: another finished run of this experiment with the same floor key measured
+    # them already (the same untrained encoder on the same split), or this run measures them
+    floors, floor_from = _recorded_floors(tracker, floor_key), None
+    if floors is not None:
+        floors, floor_from = floors
+    else:
+        floors = trainer.floor()
+    health_at = HEALTH_AT if trainer.dist is None else ()  # no checkpoints across ranks
 
     def log(point: dict[str, Any]) -> None:
         if tracker is not None:  # in the background: the loop does not wait for the store
@@ -513,12 +589,17 @@ def run(cfg: RunConfig, *, tracking_uri: str | None = None, experiment: str = "n
     def checkpoint(tr: Trainer, fraction: float) -> None:
         if tracker is not None:  # checkpoint time is not training time: a good moment to send
             tracker.send()
-        point = on_checkpoint(tr, fraction) if on_checkpoint is not None else None
+        point = {}
+        if fraction in health_at:
+            point.update(tr.health().as_dict())
+        if on_checkpoint is not None and fraction in checkpoints:
+            point.update(on_checkpoint(tr, fraction) or {})
         if point and tracker is not None:
             tracker.log_metrics(point, step=int(tr.budget.samples))
 
     try:
-        trainer.train(on_log=log, checkpoints=checkpoints, on_checkpoint=checkpoint)
+        trainer.train(on_log=log, checkpoints=tuple(sorted({*checkpoints, *health_at})),
+                      on_checkpoint=checkpoint)
         if tracker is not None:  # the curve's last points are stored while evaluation runs
             tracker.send()
         metrics = trainer.finish()
@@ -534,12 +615,35 @@ def run(cfg: RunConfig, *, tracking_uri: str | None = None, experiment: str = "n
             tracker.set_tags({"failure": reason[:4000]})
             tracker.end("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
         raise
+    metrics.update(floors)
+    verdict, reason = health.verdict(metrics)
     if tracker is not None:
         tracker.log_metrics(metrics, step=int(trainer.budget.samples))
         tracker.log_json("fnr_deciles.json", trainer.deciles)
+        tracker.log_json("items.json", items_record(cfg.eval.split, trainer.items))
+        tags = {HEALTH_TAG: verdict, HEALTH_REASON_TAG: reason}
+        if floor_from is not None:
+            tags[FLOOR_FROM_TAG] = floor_from
+        tracker.set_tags(tags)
         tracker.end("FINISHED")
     return RunResult(cfg, metrics, tracker.run_id if tracker else None, trainer.history,
-                     trainer.deciles)
+                     trainer.deciles, verdict, reason)
+
+
+def _recorded_floors(tracker: Tracker | None, key: str) -> tuple[dict[str, float], str] | None:
+    """The floor metrics of the latest FINISHED run of ``tracker``'s experiment whose floor key
+    is ``key``, with that run's id; None when there is none (or no tracker)."""
+    if tracker is None:
+        return None
+    found = tracker.client.search_runs(
+        [tracker.experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
+        filter_string=f"attributes.status = 'FINISHED' and tags.`{FLOOR_KEY_TAG}` = '{key}'")
+    if not found:
+        return None
+    m = found[0].data.metrics
+    floors = {k: v for k, v in m.items()
+              if (k.startswith("floor_") and k != "floor_seconds") or k == "raw_knn_acc"}
+    return (floors, found[0].info.run_id) if "floor_knn_acc" in floors else None
 
 
 @torch.no_grad()

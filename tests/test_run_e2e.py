@@ -14,7 +14,7 @@ from negbench.harness.config import BudgetConfig, build_config
 from negbench.harness.runner import run
 from negbench.harness.tracking import FINAL_METRICS
 
-TIMING = ("wall_seconds", "eval_seconds", "samples_per_second", "peak_mem_mb")
+TIMING = ("wall_seconds", "eval_seconds", "floor_seconds", "samples_per_second", "peak_mem_mb")
 
 
 def _search(uri: str):
