@@ -1,17 +1,17 @@
 """``negbench report``: the comparison report of an experiment's tracked runs.
 
-The lead wires :func:`add_parser` into ``harness.cli``; :func:`main` runs the command on its own
-(``python -m reports.cli --experiment demo``) with the same error handling as ``negbench``.
+``harness.cli`` wires :func:`add_parser` into ``negbench``; :func:`main` runs the command on its
+own (``python -m negbench.reports.cli --experiment demo``) with the same error handling. The parser
+imports nothing heavy (pandas, mlflow and matplotlib are imported when the report is written).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from negbench.harness.cli import add_tracking_uri
+from negbench.harness.console import add_tracking_uri, console, main_of, progress
 
 DESCRIPTION = (
     "Write the comparison report of an experiment's tracked runs: per suite and budget, the "
@@ -40,7 +40,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def default_out(experiment: str) -> Path:
-    from negbench.harness.tracking import DEFAULT_DIR
+    from negbench.harness.store import DEFAULT_DIR
     from negbench.reports.build import slug
 
     return DEFAULT_DIR / "reports" / slug(experiment)
@@ -106,38 +106,20 @@ def generate(uri: str | None, experiment: str | None = None, out: str | Path | N
 def cmd_report(args) -> int:
     from contextlib import nullcontext
 
-    from negbench.harness.cli import _console, _progress
-
-    console = _console()
+    con = console()
     # bad input (an unknown experiment, an unwritable --out) fails before any progress bar
-    with (nullcontext() if args.no_progress else console.status("reading runs from mlflow")):
+    with (nullcontext() if args.no_progress else con.status("reading runs from mlflow")):
         runs = load(args.tracking_uri, args.experiment)
         out = prepare_out(args.out, runs.experiment)
-    with _progress(console, args.no_progress) as progress:
-        index = write_report(runs, args.tracking_uri, out, progress)
+    with progress(con, args.no_progress) as prog:
+        index = write_report(runs, args.tracking_uri, out, prog)
     print(index.resolve())
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``negbench report`` on its own: ``argv`` holds the options, without ``report``."""
-    from negbench.harness.cli import EXIT_USAGE, _Parser, _UserError
-    from negbench.harness.config import ConfigError
-    from negbench.harness.spec import SpecError
-
-    parser = _Parser(prog="negbench")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser,
-                                metavar="COMMAND")
-    add_parser(sub)
-    args = parser.parse_args(["report", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return args.handler(args)
-    except (ConfigError, SpecError, _UserError) as e:
-        sys.stderr.write(f"negbench {args.command}: error: {e}\n")
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        sys.stderr.write(f"negbench {args.command}: interrupted\n")
-        return 130
+    return main_of(add_parser, "report", argv)
 
 
 if __name__ == "__main__":
