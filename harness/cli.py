@@ -11,28 +11,28 @@ import argparse
 import json
 import math
 import os
-import shlex
 import sys
 from collections.abc import Sequence
 
-EXIT_USAGE = 2
-EXIT_FAILED = 1
+from negbench.harness.console import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    Parser,
+    UserError,
+    add_tracking_uri,
+    console,
+    progress,
+    run_command,
+    subcommands,
+)
+from negbench.harness.tune import add_parser as add_tune_parser
+from negbench.reports.cli import add_parser as add_report_parser
 
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, with its errors on one line."""
-
-    def error(self, message: str):  # noqa: D401 - argparse API
-        sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-        raise SystemExit(EXIT_USAGE)
-
-
-def add_tracking_uri(p: argparse.ArgumentParser, example: str = "") -> None:
-    """``--tracking-uri``, alike in every command that reads or writes runs."""
-    eg = f", e.g. {example}" if example else ""
-    p.add_argument("--tracking-uri", default=None,
-                   help=f"mlflow tracking URI{eg} (default: $MLFLOW_TRACKING_URI, else "
-                        "sqlite:///negbench-runs/mlflow.db)")
+# this module's parser is built from modules that import neither torch nor mlflow, optuna or
+# pandas at module level (tests/test_cli.py holds `negbench --help` to that); the commands import
+# what they need when they run
+__all__ = ["EXIT_FAILED", "EXIT_USAGE", "build_parser", "format_value", "main",
+           "strategy_table"]
 
 
 def _add_run_args(p: argparse.ArgumentParser, single: bool = True) -> None:
@@ -55,14 +55,13 @@ def _add_run_args(p: argparse.ArgumentParser, single: bool = True) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = Parser(
         prog="negbench",
         description="Benchmark negative-sampling strategies for contrastive learning under "
                     "identical budgets: downstream accuracy, false-negative rate and compute "
                     "cost, tracked in mlflow.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser,
-                                metavar="COMMAND")
+    sub = subcommands(parser)
 
     p = sub.add_parser("run", help="train and evaluate one strategy on one suite",
                        description="Train one strategy on one suite under a budget, evaluate "
@@ -71,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_args(p)
     p.add_argument("--json", action="store_true",
                    help="print the final metrics as one JSON object on stdout")
+    p.set_defaults(handler=cmd_run)
 
     p = sub.add_parser("demo", help="every strategy on digits, with a comparison table",
                        description="Run every registered strategy on a suite (digits by "
@@ -81,15 +81,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategies", default="all",
                    help="comma-separated strategy names (default: all registered)")
     _add_run_args(p, single=False)
+    p.set_defaults(handler=cmd_demo)
 
     p = sub.add_parser("ablate", help="run an ablation spec (suites x strategies x seeds)",
                        description="Run every cell of an ablation spec (a TOML file: suites x "
                                    "strategies x seeds under one budget; see the README) exactly "
-                                   "once. Cells already completed in the tracking store are "
-                                   "skipped, so a killed ablation resumes when run again; a "
-                                   "failing cell is recorded with its reason and the others go "
-                                   "on. Ends with a comparison table per suite and an audit of "
-                                   "every run's spent budget.")
+                                   "once. Cells come from a work queue (the one of `negbench "
+                                   "worker`) beside the tracking store, so ablations of one spec "
+                                   "started together share the cells; cells already completed "
+                                   "in the tracking store are skipped, so a killed ablation "
+                                   "resumes when run again; a failing cell is recorded with its "
+                                   "reason and the others go on. Ends with a comparison table "
+                                   "per suite and an audit of every run's spent budget.")
     p.add_argument("spec", help="the spec file (e.g. specs/demo.toml)")
     p.add_argument("--workers", type=int, default=1,
                    help="local worker processes, each with its share of the CPU threads or one "
@@ -102,8 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="end by writing the experiment's comparison report (as `negbench "
                         "report --experiment NAME`) and printing its path")
     p.add_argument("--no-progress", action="store_true", help="no live view")
-    p.add_argument("--queue", default=None, help=argparse.SUPPRESS)  # URL: a local worker
+    p.add_argument("--queue", default=None, metavar="URL",
+                   help="the work queue, an optuna storage URL (default: queue.db beside a "
+                        "sqlite tracking store, else a file per user and tracking URI in the "
+                        "temporary directory)")
+    # a local worker of another `ablate --workers N`: cells from --queue, events as JSON lines
     p.add_argument("--events", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(handler=cmd_ablate)
 
     p = sub.add_parser("worker", help="join an ablation's shared work queue (any machine)",
                        description="Take cells of an ablation spec from a work queue that many "
@@ -131,33 +139,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="end by writing the experiment's comparison report and printing its "
                         "path")
     p.add_argument("--no-progress", action="store_true", help="no live view")
-
-    from negbench.harness.tune import add_parser as add_tune_parser
-    from negbench.reports.cli import add_parser as add_report_parser
+    p.set_defaults(handler=cmd_worker)
 
     add_tune_parser(sub)
     add_report_parser(sub)
 
-    sub.add_parser("strategies", help="list the registered strategies",
-                   description="List every registered strategy with its paper and knobs.")
+    p = sub.add_parser("strategies", help="list the registered strategies",
+                       description="List every registered strategy with its paper and knobs.")
+    p.set_defaults(handler=cmd_strategies)
     p = sub.add_parser("suites", help="list the suites and whether their data is present",
                        description="List every suite: data source, size, encoder, default "
                                    "budget and whether its data is present.")
     p.add_argument("--data-dir", default=None, help="where suites look for their data first")
+    p.set_defaults(handler=cmd_suites)
     return parser
 
 
 # --------------------------------------------------------------------------- commands
-def _console(stderr: bool = True):
-    """A rich console; piped output gets 140 columns rather than rich's 80, so tables fit."""
-    from rich.console import Console
-
-    c = Console(stderr=stderr)
-    return c if c.is_terminal else Console(stderr=stderr, width=140)
-
-
 def _config(args, suite: str, strategy: str, seed: int):
     from negbench.harness.config import build_config, parse_budget, parse_sets
+    from negbench.harness.store import check_tracking_uri, resolve_uri
+
+    check_tracking_uri(resolve_uri(args.tracking_uri))  # $MLFLOW_TRACKING_URI too, before work
 
     sets = parse_sets(args.sets)
     if args.device:
@@ -170,39 +173,28 @@ def _config(args, suite: str, strategy: str, seed: int):
     return cfg
 
 
-def _run_one(cfg, args, experiment: str, progress, task=None):
+def _run_one(cfg, args, experiment: str, prog, task=None):
     from negbench.harness.runner import run
 
     def on_log(point):
-        if progress is not None and task is not None:
+        if prog is not None and task is not None:
             stats = (f"loss {point['loss']:.3f}  fnr {point.get('fnr', math.nan):.3f}  "
                      f"{point['samples_per_second']:,.0f} samples/s")
-            progress.update(task, completed=point["budget_fraction"] * 100, stats=stats)
+            prog.update(task, completed=point["budget_fraction"] * 100, stats=stats)
 
     return run(cfg, tracking_uri=args.tracking_uri, experiment=experiment,
                data_dir=args.data_dir, on_log=on_log)
-
-
-def _progress(console, disable: bool):
-    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
-
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
-        TextColumn("{task.fields[stats]}"),
-        TimeElapsedColumn(), console=console, disable=disable, transient=False,
-    )
 
 
 def cmd_run(args) -> int:
     from negbench.harness.tracking import resolve_uri
 
     cfg = _config(args, args.suite, args.strategy, args.seed)
-    console = _console()
+    con = console()
     lead = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 alone reports
-    with _progress(console, args.no_progress or not lead) as progress:
-        task = progress.add_task(f"{cfg.suite}/{cfg.strategy} seed {cfg.seed}", total=100,
-                                 stats="")
-        result = _run_one(cfg, args, args.experiment or "negbench", progress, task)
+    with progress(con, args.no_progress or not lead) as prog:
+        task = prog.add_task(f"{cfg.suite}/{cfg.strategy} seed {cfg.seed}", total=100, stats="")
+        result = _run_one(cfg, args, args.experiment or "negbench", prog, task)
     if not lead:
         return 0
     if args.json:
@@ -218,8 +210,8 @@ def cmd_run(args) -> int:
                   "collisions_per_anchor", "samples_seen", "steps", "flops", "wall_seconds",
                   "samples_per_second", "peak_mem_mb"):
             t.add_row(k, format_value(result.metrics.get(k)))
-        console.print(t)
-        console.print(f"mlflow run {result.run_id} in {resolve_uri(args.tracking_uri)}")
+        con.print(t)
+        con.print(f"mlflow run {result.run_id} in {resolve_uri(args.tracking_uri)}")
     return 0
 
 
@@ -265,8 +257,6 @@ def format_value(v) -> str:
 
 
 def cmd_demo(args) -> int:
-
-
     from negbench import strategies
     from negbench.harness.runner import RunFailed
     from negbench.harness.tracking import resolve_uri
@@ -274,23 +264,23 @@ def cmd_demo(args) -> int:
     names = strategies.names() if args.strategies == "all" else [
         s.strip() for s in args.strategies.split(",") if s.strip()]
     if args.seeds < 1:
-        raise _UserError("--seeds must be >= 1")
+        raise UserError("--seeds must be >= 1")
     cfgs = [_config(args, args.suite, n, seed) for n in names for seed in range(args.seeds)]
-    console = _console()
+    con = console()
     experiment = args.experiment or "negbench-demo"
     results, failures = {}, {}
-    with _progress(console, args.no_progress) as progress:
-        overall = progress.add_task(f"demo: {len(cfgs)} runs", total=len(cfgs), stats="")
+    with progress(con, args.no_progress) as prog:
+        overall = prog.add_task(f"demo: {len(cfgs)} runs", total=len(cfgs), stats="")
         for cfg in cfgs:
-            task = progress.add_task(f"{cfg.suite}/{cfg.strategy} seed {cfg.seed}", total=100,
-                                     stats="")
+            task = prog.add_task(f"{cfg.suite}/{cfg.strategy} seed {cfg.seed}", total=100,
+                                 stats="")
             try:
-                r = _run_one(cfg, args, experiment, progress, task)
+                r = _run_one(cfg, args, experiment, prog, task)
                 results.setdefault(cfg.strategy, []).append(r.metrics)
             except RunFailed as e:
                 failures[f"{cfg.strategy} seed {cfg.seed}"] = str(e)
-            progress.remove_task(task)
-            progress.advance(overall)
+            prog.remove_task(task)
+            prog.advance(overall)
     cols = [("knn_acc", "kNN acc"), ("linear_acc", "linear acc"), ("fnr", "FNR"),
             ("hardness", "hardness"), ("wall_seconds", "wall s"),
             ("samples_per_second", "samples/s"), ("flops", "FLOPs")]
@@ -298,11 +288,11 @@ def cmd_demo(args) -> int:
                        f"({cfgs[0].budget.kind}={cfgs[0].budget.amount:g}, "
                        f"{args.seeds} seed{'s' if args.seeds > 1 else ''})", results, cols,
                        spread=("knn_acc", "linear_acc", "fnr"))
-    console.print(t)
+    con.print(t)
     for k, why in failures.items():
-        console.print(f"[red]failed[/red] {k}: {why}")
-    console.print(f"runs recorded in mlflow experiment {experiment!r} at "
-                  f"{resolve_uri(args.tracking_uri)}")
+        con.print(f"[red]failed[/red] {k}: {why}")
+    con.print(f"runs recorded in mlflow experiment {experiment!r} at "
+              f"{resolve_uri(args.tracking_uri)}")
     return EXIT_FAILED if failures else 0
 
 
@@ -321,7 +311,7 @@ def cmd_strategies(args) -> int:
         knobs = ", ".join(f"{f.name}={getattr(cls.Config(), f.name)!r}"
                           for f in dataclasses.fields(cls.Config))
         t.add_row(n, cls.paper, knobs or "-")
-    _console(stderr=False).print(t)
+    console(stderr=False).print(t)
     return 0
 
 
@@ -347,37 +337,24 @@ def cmd_suites(args) -> int:
         kind, amount = s.default_budget
         t.add_row(n, s.modality, s.source, size, s.describe_encoder(), f"{kind}={amount:,.0f}",
                   "present" if status == "present" else "missing (see below)")
-    console = _console(stderr=False)
-    console.print(t)
+    out = console(stderr=False)
+    out.print(t)
     for line in missing:  # the how-to lines, whole, under the table
-        console.print(f"- {line}", soft_wrap=True, highlight=False)
+        out.print(f"- {line}", soft_wrap=True, highlight=False)
     return 0
 
 
-class _UserError(ValueError):
-    pass
-
-
-def _thread_share() -> None:
-    """This process's share of the CPU threads, where whoever started several workers on one
-    host set it (``NEGBENCH_THREADS``)."""
-    if os.environ.get("NEGBENCH_THREADS"):
-        import torch
-
-        torch.set_num_threads(int(os.environ["NEGBENCH_THREADS"]))
-
-
-def _show_cell(progress, row, who: str, kind: str, label: str, info: dict,
+def _show_cell(prog, row, who: str, kind: str, label: str, info: dict,
                failures: dict[str, str]) -> bool:
     """A cell's event on a worker's progress row (``who``: how the row names the worker);
     True when the cell ended (done or failed), whose failure goes into ``failures``."""
     if kind == "start":
-        progress.update(row, description=f"{who}: {label}", completed=0, stats="")
+        prog.update(row, description=f"{who}: {label}", completed=0, stats="")
     elif kind == "progress":
-        progress.update(row, completed=100 * info["fraction"], stats=f"loss {info['loss']:.3f}")
+        prog.update(row, completed=100 * info["fraction"], stats=f"loss {info['loss']:.3f}")
     elif kind in ("done", "failed"):
-        progress.update(row, completed=100,
-                        stats="done" if kind == "done" else "[red]failed[/red]")
+        prog.update(row, completed=100,
+                    stats="done" if kind == "done" else "[red]failed[/red]")
         if kind == "failed":
             failures[label] = info["reason"]
         return True
@@ -394,21 +371,13 @@ def cmd_ablate(args) -> int:
     spec = load_spec(args.spec)
     cells = spec.cells()
     if args.workers < 1:
-        raise _UserError("--workers must be >= 1")
-    if args.queue is not None:  # a local worker: cells from the queue, events as JSON lines
-        from negbench.harness import worker as W
-
-        _thread_share()
-
-        def event(kind, cell, info):
-            if cell is not None:
-                print(json.dumps({"event": kind, "cell": cell.label, **info}), flush=True)
-
-        queue = W.open_queue(spec, cells, args.queue, args.tracking_uri)
-        W.work(spec, cells, queue, tracking_uri=args.tracking_uri, data_dir=args.data_dir,
-               poll=1.0, on_event=event)
+        raise UserError("--workers must be >= 1")
+    if args.events:  # a local worker of another ablate: cells from its queue, JSON events
+        if args.queue is None:
+            raise UserError("--events needs --queue URL")
+        A.run_child(spec, cells, args.queue, tracking_uri=args.tracking_uri,
+                    data_dir=args.data_dir)
         return 0
-    console = _console()
     done = A.completed(args.tracking_uri, spec.name)
     if args.dry_run:
         t = Table(title=f"{spec.name}: {len(cells)} cells ({len(spec.suites)} suites x "
@@ -419,75 +388,82 @@ def cmd_ablate(args) -> int:
             b = c.config.budget
             t.add_row(c.config.suite, c.config.strategy, str(c.config.seed),
                       f"{b.kind}={b.amount:g}", c.key, "done" if c.key in done else "to run")
-        _console(stderr=False).print(t)
+        out = console(stderr=False)
+        out.print(t)
         left = sum(c.key not in done for c in cells)
-        _console(stderr=False).print(f"{len(cells) - left} done, {left} to run; runs go to "
-                                     f"experiment {spec.name!r} at "
-                                     f"{resolve_uri(args.tracking_uri)}")
+        out.print(f"{len(cells) - left} done, {left} to run; runs go to experiment "
+                  f"{spec.name!r} at {resolve_uri(args.tracking_uri)}")
         return 0
-    stale = A.close_stale(args.tracking_uri, spec.name)
-    if stale:
-        console.print(f"marked {stale} run(s) left RUNNING by a killed ablation as KILLED")
+    con = console()
     failures: dict[str, str] = {}
     todo = sum(c.key not in done for c in cells)
-    with _progress(console, args.no_progress) as progress:
-        overall = progress.add_task(f"{spec.name}: {todo} of {len(cells)} cells to run",
-                                    total=len(cells), completed=len(cells) - todo, stats="")
-        rows = {w: progress.add_task(f"worker {w}: idle", total=100, stats="")
+    with progress(con, args.no_progress) as prog:
+        overall = prog.add_task(f"{spec.name}: {todo} of {len(cells)} cells to run",
+                                total=len(cells), completed=len(cells) - todo, stats="")
+        rows = {w: prog.add_task(f"worker {w}: idle", total=100, stats="")
                 for w in range(args.workers)}
+        shown = [len(cells) - todo]  # cells done or failed, here or by other processes
+
+        def on_start(o) -> None:
+            if o.orphans:
+                con.print(f"marked {o.orphans} run(s) left RUNNING by a killed ablation as "
+                          "KILLED")
+            for n, what in ((o.failed_again, "failed"),
+                            (o.missing_again, "done in the queue but not in the tracking store")):
+                if n:
+                    con.print(f"{n} cell(s) {what} queued again", highlight=False)
 
         def on_event(w: int, ev: dict) -> None:
-            if _show_cell(progress, rows[w], f"worker {w}", ev["event"], ev["cell"], ev,
-                          failures):
-                progress.advance(overall)
+            if ev["event"] == "queue":
+                shown[0] = max(shown[0], ev["finished"])
+            elif ev.get("cell") is not None and _show_cell(
+                    prog, rows[w], f"worker {w}", ev["event"], ev["cell"], ev, failures):
+                shown[0] += 1
+            prog.update(overall, completed=min(shown[0], len(cells)))
 
-        if args.workers == 1:
-            A.run_cells(spec, cells, tracking_uri=args.tracking_uri, data_dir=args.data_dir,
-                        on_event=lambda kind, cell, info: on_event(
-                            0, {"event": kind, "cell": cell.label, **info}))
-        else:
-            codes = A.spawn_workers(spec, cells, args.spec, args.workers, args.tracking_uri,
-                                    args.data_dir, on_event)
-            for w, code in enumerate(codes):
-                if code != 0:
-                    failures[f"worker {w}"] = f"exited with status {code}"
+        result = A.run_ablation(spec, cells, args.spec, workers=args.workers,
+                                tracking_uri=args.tracking_uri, data_dir=args.data_dir,
+                                queue=args.queue, on_start=on_start, on_event=on_event)
+        for w, code in enumerate(result.worker_codes):
+            if code != 0:
+                failures[f"worker {w}"] = f"exited with status {code}"
     return _ablation_summary(spec, cells, args.tracking_uri, failures, args)
 
 
 def cmd_worker(args) -> int:
     from negbench.harness import worker as W
+    from negbench.harness.pool import apply_thread_share
     from negbench.harness.spec import load_spec
+    from negbench.harness.store import completed
 
     spec = load_spec(args.spec)
     cells = spec.cells()
-    _thread_share()
+    apply_thread_share()
     if args.max_cells is not None and args.max_cells < 1:
-        raise _UserError("--max-cells must be >= 1")
-    try:
-        queue = W.open_queue(spec, cells, args.storage, args.tracking_uri,
-                             heartbeat=args.heartbeat, grace=args.grace)
-    except ValueError as e:
-        raise _UserError(str(e)) from e
-    console = _console()
-    again = W.retry_failed(queue)
-    console.print(f"worker {W.worker_id()} joined {queue.study.study_name} ({len(cells)} cells)"
-                  + (f"; {again} failed cell(s) queued again" if again else ""),
-                  highlight=False)
+        raise UserError("--max-cells must be >= 1")
+    queue = W.open_queue(spec, cells, args.storage, args.tracking_uri,
+                         heartbeat=args.heartbeat, grace=args.grace)
+    con = console()
+    again, lost = W.requeue(queue, set(completed(args.tracking_uri, spec.name)))
+    con.print(f"worker {W.worker_id()} joined {queue.study.study_name} ({len(cells)} cells)"
+              + (f"; {again} failed cell(s) queued again" if again else "")
+              + (f"; {lost} cell(s) missing from the tracking store queued again"
+                 if lost else ""), highlight=False)
     failures: dict[str, str] = {}
-    with _progress(console, args.no_progress) as progress:
-        grid = progress.add_task(f"{spec.name}: grid", total=len(cells), stats="")
-        mine = progress.add_task("this worker: idle", total=100, stats="")
+    with progress(con, args.no_progress) as prog:
+        grid = prog.add_task(f"{spec.name}: grid", total=len(cells), stats="")
+        mine = prog.add_task("this worker: idle", total=100, stats="")
 
         def on_event(kind, cell, info):
             if kind == "queue":
-                progress.update(grid, completed=info["finished"],
-                                stats=f"{info['running']} running, {info['todo']} to start")
+                prog.update(grid, completed=info["finished"],
+                            stats=f"{info['running']} running, {info['todo']} to start")
             elif cell is not None:
-                _show_cell(progress, mine, "this worker", kind, cell.label, info, failures)
+                _show_cell(prog, mine, "this worker", kind, cell.label, info, failures)
 
         ran = W.work(spec, cells, queue, tracking_uri=args.tracking_uri, data_dir=args.data_dir,
                      max_cells=args.max_cells, on_event=on_event)
-    console.print(f"worker {W.worker_id()} ran {ran} cell(s)", highlight=False)
+    con.print(f"worker {W.worker_id()} ran {ran} cell(s)", highlight=False)
     if args.max_cells is not None and ran >= args.max_cells:
         return EXIT_FAILED if failures else 0
     return _ablation_summary(spec, cells, args.tracking_uri, failures, args)
@@ -500,7 +476,7 @@ def _ablation_summary(spec, cells, tracking_uri, failures: dict[str, str], args)
     from negbench.harness.tracking import resolve_uri
 
     done = A.completed(tracking_uri, spec.name)
-    out = _console(stderr=False)
+    out = console(stderr=False)
     cols = [("knn_acc", "kNN acc"), ("linear_acc", "linear acc"), ("retrieval_r1", "R@1"),
             ("retrieval_mrr", "MRR"), ("fnr", "FNR"), ("hardness", "hardness"),
             ("wall_seconds", "wall s")]
@@ -531,46 +507,16 @@ def _ablation_summary(spec, cells, tracking_uri, failures: dict[str, str], args)
     if args.report and len(missing) < len(cells):
         from negbench.reports.cli import generate
 
-        with _progress(_console(), args.no_progress) as progress:
-            index = generate(tracking_uri, spec.name, progress=progress)
+        with progress(console(), args.no_progress) as prog:
+            index = generate(tracking_uri, spec.name, progress=prog)
         out.print(f"report: {index.resolve()}", highlight=False, soft_wrap=True)
     return EXIT_FAILED if missing else 0
 
 
-COMMANDS = {"run": cmd_run, "demo": cmd_demo, "ablate": cmd_ablate, "worker": cmd_worker,
-            "strategies": cmd_strategies, "suites": cmd_suites}
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(argv)
-    from negbench.harness.config import ConfigError
-    from negbench.harness.runner import RunFailed
-    from negbench.harness.spec import SpecError
-    from negbench.strategies import StrategyError
-    from negbench.strategies.registry import RegistryError
-    from negbench.suites import SuiteError
-
-    # the command every run records (tag negbench.command); worker processes inherit it, and a
-    # worker keeps the command of the process that started it
-    inherited = os.environ.get("NEGBENCH_COMMAND")
-    os.environ["NEGBENCH_COMMAND"] = inherited or shlex.join(["negbench", *argv])
-    try:
-        handler = COMMANDS.get(args.command) or args.handler  # tune, report: their modules'
-        return handler(args)
-    except (ConfigError, RegistryError, SuiteError, StrategyError, SpecError, _UserError) as e:
-        sys.stderr.write(f"negbench {args.command}: error: {e}\n")
-        return EXIT_USAGE
-    except RunFailed as e:
-        sys.stderr.write(f"negbench {args.command}: run failed: {e}\n")
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        sys.stderr.write(f"negbench {args.command}: interrupted\n")
-        return 130
-    finally:
-        if inherited is None:
-            os.environ.pop("NEGBENCH_COMMAND", None)
+    args = build_parser().parse_args(argv)
+    return run_command(args, ["negbench", *argv])
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""An ablation's work queue in optuna's RDB storage, shared by ``negbench worker`` processes on
-any number of machines.
+"""An ablation's work queue in optuna's RDB storage, shared by every process that runs the spec:
+``negbench worker`` processes on any number of machines, and ``negbench ablate`` (with its local
+workers) on one.
 
 The queue is an optuna study (name ``negbench-ablate:<spec name>:<grid hash>``) with a
 :class:`optuna.samplers.GridSampler` over the spec's cell keys. optuna hands out the work:
@@ -9,16 +10,20 @@ The queue is an optuna study (name ``negbench-ablate:<spec name>:<grid hash>``) 
   same cell;
 - a worker killed mid-cell stops its heartbeat; after the grace period, the next worker that
   checks marks that trial FAIL and enqueues a retry (optuna's ``RetryHeartbeatStaleTrialCallback``),
-  which ``ask()`` hands to exactly one worker (a WAITING trial is claimed under a row lock);
-- a trial that optuna hands out for a cell another trial already holds (the sampler's fallback
-  once the grid is exhausted, or two retries of one cell) is ended PRUNED as a duplicate,
-  without running anything.
+  which ``ask()`` hands to exactly one worker (a WAITING trial is claimed under a row lock, or on
+  sqlite under the database's write lock: :mod:`negbench.harness.store`). A worker that died on
+  this machine is known dead at once (its process token, :mod:`negbench.harness.pool`), without
+  waiting for the grace period;
+- a trial that optuna hands out for a cell another trial is running (the sampler's fallback once
+  the grid is exhausted, or two retries of one cell) is ended PRUNED as a duplicate, without
+  running anything.
 
 The tracking store stays the record of what is done: a cell whose FINISHED run is already there
-(from ``negbench ablate`` or an earlier worker) is closed without running again. A cell whose run
-fails is recorded FAILED with its reason in mlflow and its trial ends FAIL; a worker started
-later tries it again, as ``negbench ablate`` does. A worker leaves when no cell is left to start
-and waits while other workers still hold cells, so it can retry theirs if they die.
+(from an earlier ablation or worker) is closed without running again. A cell whose run fails is
+recorded FAILED with its reason in mlflow and its trial ends FAIL; a process that joins later
+queues it again (:func:`requeue`), as it does a cell the queue has as done but the tracking
+store lacks (a deleted run, a new store). A worker leaves when no cell is left to start and
+waits while other workers still hold cells, so it can retry theirs if they die.
 
 Storage: any SQLAlchemy URL optuna accepts. PostgreSQL (``postgresql+psycopg2://...``, the
 ``team`` extra brings the driver) for many machines; a sqlite file serves processes on one
@@ -27,8 +32,8 @@ machine.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import logging
 import math
 import os
 import platform
@@ -36,13 +41,27 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
+from negbench.harness.pool import process_token, token_alive
 from negbench.harness.spec import Cell, Spec
+from negbench.harness.store import (
+    CELL_TAG,
+    close_runs,
+    completed,
+    file_lock,
+    open_optuna,
+    sqlite_path,
+)
 
 PARAM = "cell"
 MAX_RETRY = 3  # how often a dead or interrupted worker's cell is handed out again
+SPEC_TAG = "negbench.spec"
 TRIAL_TAG = "negbench.trial"
 WORKER_TAG = "negbench.worker"
+PROCESS_TAG = "negbench.process"  # the run's process token (pool.process_token)
+ATTR_WORKER = "worker"
+ATTR_PROCESS = "process"
 
 
 def study_name(spec: Spec, cells: list[Cell]) -> str:
@@ -61,61 +80,52 @@ class Queue:
     study: object  # optuna.Study
     keys: list[str]
     heartbeat: int
+    grace: int = 60
+    url: str = ""
+    on_stale: Callable | None = None  # (study, frozen trial): close its run, retry its cell
+
+    @contextlib.contextmanager
+    def lock(self):
+        """Serialise a read-then-write of the queue between the processes of this machine (a
+        sqlite queue; a server's queue is left to its row locks)."""
+        db = sqlite_path(self.url)
+        with file_lock(db) if db is not None else contextlib.nullcontext():
+            yield
 
 
 def open_queue(spec: Spec, cells: list[Cell], storage_url: str, tracking_uri: str | None, *,
                heartbeat: int = 20, grace: int = 60) -> Queue:
-    """The spec's study in ``storage_url`` (created by the first worker, loaded by the others).
+    """The spec's study in ``storage_url`` (created by the first process, loaded by the others).
 
     ``heartbeat`` seconds between a running trial's heartbeats; a trial silent for ``grace``
     seconds is taken as dead and retried."""
     import optuna
     from optuna.storages import RetryHeartbeatStaleTrialCallback
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    from negbench.harness.console import UserError
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # the grid's "re-evaluating" notes
     _quiet_optuna()
-    for name in ("alembic", "mlflow"):
-        logging.getLogger(name).setLevel(logging.WARNING)
     if grace <= heartbeat:
-        raise ValueError(f"the grace period ({grace} s) must exceed the heartbeat ({heartbeat} s)")
+        raise UserError(f"the grace period ({grace} s) must exceed the heartbeat "
+                        f"({heartbeat} s)")
     retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
 
     def on_stale(study, trial) -> None:  # a dead worker's cell: close its mlflow run, retry it
-        from negbench.harness.ablate import close_runs
-
         ref = _trial_ref(study, trial)
-        close_runs(tracking_uri, spec.name, lambda tags: tags.get(TRIAL_TAG) == ref,
-                   "the worker running it stopped responding")
+        with contextlib.suppress(Exception):  # the run may be in a store we cannot reach
+            close_runs(tracking_uri, spec.name, lambda tags: tags.get(TRIAL_TAG) == ref,
+                       "the worker running it stopped responding")
         retry(study, trial)
 
-    storage = _storage(storage_url, heartbeat, grace, on_stale)
+    storage = open_optuna(storage_url, heartbeat=heartbeat, grace=grace, on_stale=on_stale,
+                          label="the work-queue storage")
     keys = [c.key for c in cells]
     study = optuna.create_study(
         study_name=study_name(spec, cells), storage=storage, load_if_exists=True,
         direction="maximize", sampler=_GridQueue({PARAM: keys}, seed=0))
     study.set_user_attr("spec", spec.name)
-    return Queue(study, keys, heartbeat)
-
-
-def _storage(url: str, heartbeat: int, grace: int, on_stale):
-    """optuna's RDB storage at ``url``. Workers started together on an empty database race to
-    create optuna's tables; the losers' duplicate-table errors are retried after a pause."""
-    from optuna.storages import RDBStorage
-    from sqlalchemy.exc import IntegrityError, ProgrammingError
-
-    for attempt in range(6):
-        try:
-            return RDBStorage(url, heartbeat_interval=heartbeat, grace_period=grace,
-                              heartbeat_stale_trial_callback=on_stale)
-        except (IntegrityError, ProgrammingError) as e:
-            if attempt == 5:
-                raise ValueError(f"cannot create the work queue's tables in {url!r}: "
-                                 f"{type(e).__name__}: {str(e).splitlines()[0]}") from e
-            time.sleep(0.5 + attempt)
-        except Exception as e:  # noqa: BLE001 - a bad URL, an unreachable server, no driver
-            raise ValueError(f"cannot open the work-queue storage {url!r}: "
-                             f"{type(e).__name__}: {str(e).splitlines()[0]}") from e
-    raise AssertionError("unreachable")
+    return Queue(study, keys, heartbeat, grace, storage_url, on_stale)
 
 
 def _quiet_optuna() -> None:
@@ -157,34 +167,75 @@ def _cell_of(trial) -> str | None:
 
 
 def _state_of_cells(queue: Queue) -> dict[str, str]:
-    """Cell key -> the most advanced state of its trials: COMPLETE > RUNNING > WAITING > FAIL."""
+    """Cell key -> the state of its latest trial (duplicates, ended PRUNED, left out): a cell
+    queued again after it failed or went missing is WAITING, whatever came before."""
     from optuna.trial import TrialState
 
-    rank = {TrialState.COMPLETE: 4, TrialState.RUNNING: 3, TrialState.WAITING: 2,
-            TrialState.FAIL: 1}
-    best: dict[str, tuple[int, str]] = {}
+    latest: dict[str, tuple[int, str]] = {}
     for t in queue.study.get_trials(deepcopy=False):
         key = _cell_of(t)
-        if key is None or t.state not in rank:
+        if key is None or t.state == TrialState.PRUNED:
             continue
-        r = rank[t.state]
-        if r > best.get(key, (0, ""))[0]:
-            best[key] = (r, t.state.name)
-    return {k: v[1] for k, v in best.items()}
+        if t.number > latest.get(key, (-1, ""))[0]:
+            latest[key] = (t.number, t.state.name)
+    return {k: v[1] for k, v in latest.items()}
+
+
+def requeue(queue: Queue, done: set[str]) -> tuple[int, int]:
+    """Queue again the cells whose latest trial failed (a new run of the spec retries its failed
+    cells), and those the queue has as done but the tracking store does not (``done``: the keys
+    of its FINISHED runs; a deleted run or a new store); (how many failed, how many missing).
+    Processes of one machine do this one at a time, so a cell is queued again once."""
+    with queue.lock():
+        states = _state_of_cells(queue)
+        failed = [k for k in queue.keys if states.get(k) == "FAIL"]
+        lost = [k for k in queue.keys if states.get(k) == "COMPLETE" and k not in done]
+        for k in failed + lost:
+            queue.study.enqueue_trial({PARAM: k}, skip_if_exists=False)
+    return len(failed), len(lost)
 
 
 def retry_failed(queue: Queue) -> int:
-    """Enqueue again the cells whose trials all failed (as a rerun of ``ablate`` retries its
-    failed cells); how many."""
+    """Queue again the cells whose latest trial failed; how many."""
     states = _state_of_cells(queue)
-    again = [k for k in queue.keys if states.get(k) == "FAIL"]
-    for k in again:
-        queue.study.enqueue_trial({PARAM: k}, skip_if_exists=False)
-    return len(again)
+    return requeue(queue, {k for k, s in states.items() if s == "COMPLETE"})[0]
+
+
+def reap(queue: Queue) -> int:
+    """Fail, and retry, the running trials whose process is known dead now: one that died on
+    this machine (its process token), or, on a sqlite queue (one machine, one clock), one that
+    never got to record who runs it within the grace period (killed inside ``ask``); how many.
+    Those on other machines are left to their heartbeats."""
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import TrialState
+
+    storage = queue.study._storage
+    local = sqlite_path(queue.url) is not None
+    now = datetime.now()
+    n = 0
+    for t in queue.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        token = t.user_attrs.get(ATTR_PROCESS)
+        if token:
+            dead = token_alive(token) is False
+        else:
+            dead = (local and ATTR_WORKER not in t.user_attrs and t.datetime_start is not None
+                    and (now - t.datetime_start).total_seconds() > queue.grace)
+        if not dead:
+            continue
+        try:
+            if not storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+                continue
+        except UpdateFinishedTrialError:  # another process reaped it first
+            continue
+        if queue.on_stale is not None:
+            queue.on_stale(queue.study, storage.get_trial(t._trial_id))
+        n += 1
+    return n
 
 
 def _duplicate_of(queue: Queue, number: int, key: str) -> int | None:
-    """The number of an earlier trial that holds or has done ``key``, if any.
+    """The number of an earlier trial that is running ``key``, if any (one that has completed
+    it is not: the tracking store says whether the cell is done).
 
     An earlier trial still without its cell (asked a moment ago by another worker: optuna
     creates the trial, then samples) is waited for, briefly, so the two cannot both run."""
@@ -192,13 +243,12 @@ def _duplicate_of(queue: Queue, number: int, key: str) -> int | None:
 
     for _ in range(50):
         unsampled = False
-        for t in queue.study.get_trials(deepcopy=False,
-                                        states=(TrialState.RUNNING, TrialState.COMPLETE)):
+        for t in queue.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if t.number >= number:
                 continue
-            if t.params.get(PARAM) == key:
+            if _cell_of(t) == key:
                 return t.number
-            unsampled |= PARAM not in t.params and t.state == TrialState.RUNNING
+            unsampled |= _cell_of(t) is None
         if not unsampled:
             return None
         time.sleep(0.1)
@@ -214,29 +264,56 @@ def _left(queue: Queue) -> tuple[int, int, int]:
 
 
 class _Heartbeat:
-    """Records a trial's heartbeat every ``interval`` seconds from a thread, until stopped."""
+    """Records a trial's heartbeat now, then every ``interval`` seconds from a thread, until
+    stopped."""
 
     def __init__(self, storage, trial_id: int, interval: int):
+        self._storage, self._trial_id = storage, trial_id
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, args=(storage, trial_id, interval),
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._beat, args=(interval,), daemon=True)
 
-    def _beat(self, storage, trial_id: int, interval: int) -> None:
-        while True:
-            try:
-                storage.record_heartbeat(trial_id)
-            except Exception:  # noqa: BLE001 - a lost connection: the next beat tries again
-                pass
-            if self._stop.wait(interval):
-                return
+    def _beat(self, interval: int) -> None:
+        while not self._stop.wait(interval):
+            with contextlib.suppress(Exception):  # a lost connection: the next beat tries again
+                self._storage.record_heartbeat(self._trial_id)
 
     def __enter__(self):
-        self._thread.start()  # its first beat now: optuna never takes a trial without one as dead
+        # the first beat before anything else: optuna never takes a trial without one as dead
+        with contextlib.suppress(Exception):
+            self._storage.record_heartbeat(self._trial_id)
+        self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+
+
+def run_cell(spec: Spec, cell: Cell, *, tracking_uri: str | None, data_dir: str | None,
+             emit: Callable[..., None], tags: dict[str, str] | None = None
+             ) -> tuple[dict[str, float] | None, str | None]:
+    """Run one cell, tracked with its key; ``emit(kind, cell, **info)`` hears its start,
+    progress and end. (its metrics, None), or (None, the reason) when it failed: a failure is
+    recorded in the tracking store and raised no further."""
+    from negbench.harness.runner import RunFailed, run
+    from negbench.strategies import StrategyError
+
+    emit("start", cell)
+
+    def on_log(point) -> None:
+        emit("progress", cell, fraction=point["budget_fraction"], loss=point["loss"])
+
+    try:
+        r = run(cell.config, tracking_uri=tracking_uri, experiment=spec.name,
+                data_dir=data_dir, on_log=on_log,
+                extra_tags={CELL_TAG: cell.key, SPEC_TAG: spec.name, **cell.tags,
+                            **(tags or {})})
+    except (RunFailed, StrategyError, FloatingPointError, RuntimeError, ValueError) as e:
+        reason = f"{type(e).__name__}: {e}"
+        emit("failed", cell, reason=reason)
+        return None, reason
+    emit("done", cell, wall=r.metrics.get("wall_seconds", math.nan))
+    return r.metrics, None
 
 
 def work(spec: Spec, cells: list[Cell], queue: Queue, *, tracking_uri: str | None,
@@ -248,11 +325,9 @@ def work(spec: Spec, cells: list[Cell], queue: Queue, *, tracking_uri: str | Non
     from optuna.storages import fail_stale_trials
     from optuna.trial import TrialState
 
-    from negbench.harness.ablate import completed, run_cell
-
     by_key = {c.key: c for c in cells}
     study = queue.study
-    me = worker_id()
+    me, token = worker_id(), process_token()
     ran = 0
 
     def emit(kind: str, cell: Cell | None, **info) -> None:
@@ -261,6 +336,7 @@ def work(spec: Spec, cells: list[Cell], queue: Queue, *, tracking_uri: str | Non
 
     while max_cells is None or ran < max_cells:
         fail_stale_trials(study)
+        reap(queue)
         todo, running, finished = _left(queue)
         emit("queue", None, todo=todo, running=running, finished=finished)
         if todo == 0:
@@ -269,28 +345,17 @@ def work(spec: Spec, cells: list[Cell], queue: Queue, *, tracking_uri: str | Non
             time.sleep(poll)  # others hold the last cells: stay to retry them if they die
             continue
         trial = study.ask({PARAM: CategoricalDistribution(queue.keys)})  # samples inside ask
-        key = trial.params[PARAM]
-        cell = by_key[key]
-        dup = _duplicate_of(queue, trial.number, key)
-        if dup is not None:
-            trial.set_user_attr("duplicate_of", dup)
-            study.tell(trial, state=TrialState.PRUNED)
-            continue
-        trial.set_user_attr("worker", me)
-        done = completed(tracking_uri, spec.name).get(key)
-        if done is not None:  # done before this queue existed (ablate, an earlier grid)
-            trial.set_user_attr("skipped", "completed in the tracking store")
-            study.tell(trial, done.data.metrics.get("knn_acc", math.nan))
-            emit("skipped", cell)
-            continue
-        tags = {WORKER_TAG: me, TRIAL_TAG: _trial_ref(study, trial)}
         with _Heartbeat(study._storage, trial._trial_id, queue.heartbeat):
             try:
-                metrics, reason = run_cell(spec, cell, tracking_uri=tracking_uri,
-                                           data_dir=data_dir, emit=emit, tags=tags)
+                trial.set_user_attr(ATTR_WORKER, me)
+                trial.set_user_attr(ATTR_PROCESS, token)
+                metrics, reason = _take(spec, trial, by_key[trial.params[PARAM]], queue,
+                                        tracking_uri, data_dir, emit, me, token)
             except BaseException:  # interrupted: hand the cell back now, not after the grace
                 _hand_back(study, trial)
                 raise
+        if metrics is None and reason is None:  # a duplicate, or done already: nothing ran
+            continue
         if metrics is None:
             trial.set_user_attr("failure", reason[:4000])
             study.tell(trial, state=TrialState.FAIL)
@@ -298,6 +363,30 @@ def work(spec: Spec, cells: list[Cell], queue: Queue, *, tracking_uri: str | Non
             study.tell(trial, metrics.get("knn_acc", math.nan))
         ran += 1
     return ran
+
+
+def _take(spec: Spec, trial, cell: Cell, queue: Queue, tracking_uri: str | None,
+          data_dir: str | None, emit, me: str, token: str
+          ) -> tuple[dict[str, float] | None, str | None]:
+    """Run the cell ``trial`` was given, unless another trial runs it (the trial ends PRUNED)
+    or the tracking store has it done (COMPLETE): then (None, None)."""
+    from optuna.trial import TrialState
+
+    study = queue.study
+    dup = _duplicate_of(queue, trial.number, cell.key)
+    if dup is not None:
+        trial.set_user_attr("duplicate_of", dup)
+        study.tell(trial, state=TrialState.PRUNED)
+        return None, None
+    done = completed(tracking_uri, spec.name).get(cell.key)
+    if done is not None:  # done by an earlier queue, or by another process just now
+        trial.set_user_attr("skipped", "completed in the tracking store")
+        study.tell(trial, done.data.metrics.get("knn_acc", math.nan))
+        emit("skipped", cell)
+        return None, None
+    tags = {WORKER_TAG: me, TRIAL_TAG: _trial_ref(study, trial), PROCESS_TAG: token}
+    return run_cell(spec, cell, tracking_uri=tracking_uri, data_dir=data_dir, emit=emit,
+                    tags=tags)
 
 
 def _hand_back(study, trial) -> None:
@@ -311,3 +400,39 @@ def _hand_back(study, trial) -> None:
         retry(study, study._storage.get_trial(trial._trial_id))
     except Exception:  # noqa: BLE001 - the storage is gone too: the heartbeat timeout will do it
         pass
+
+
+def close_orphans(tracking_uri: str | None, experiment: str) -> int:
+    """Mark KILLED the RUNNING cell runs of ``experiment`` whose process is known dead: it ran on
+    this machine (its process token, or an older run's ``host:pid``) and is gone, or the run has
+    no worker at all (an ablation older than the shared queue); how many. A run another process
+    here or elsewhere is still making is left alone."""
+    node = platform.node()
+
+    def dead(tags: dict) -> bool:
+        if CELL_TAG not in tags:
+            return False
+        if tags.get(PROCESS_TAG):
+            return token_alive(tags[PROCESS_TAG]) is False
+        who = tags.get(WORKER_TAG)
+        if who is None:
+            return True
+        host, _, pid = who.rpartition(":")
+        return host == node and pid.isdigit() and not _pid_exists(int(pid))
+
+    return close_runs(tracking_uri, experiment, dead, "the process running it was killed")
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+__all__ = ["MAX_RETRY", "PARAM", "PROCESS_TAG", "Queue", "SPEC_TAG", "TRIAL_TAG", "WORKER_TAG",
+           "close_orphans", "open_queue", "reap", "requeue", "retry_failed",
+           "run_cell", "study_name", "work", "worker_id"]
