@@ -85,3 +85,45 @@ def test_demo_runs_strategies_and_prints_the_table(tmp_path, capsys):
 def test_demo_rejects_an_unknown_strategy_before_running(capsys):
     assert main(["demo", "--strategies", "in-batch,nope", "--no-progress"]) == 2
     assert "unknown strategy 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("uri", ["bogus://x", "s3://bucket/runs"])
+def test_an_unknown_tracking_uri_scheme_is_one_line_and_status_2(uri):
+    bad = subprocess.run([sys.executable, "-m", "negbench.harness.cli", "run", "--suite",
+                          "digits", "--strategy", "in-batch", "--tracking-uri", uri],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2, bad.stderr
+    assert "Traceback" not in bad.stderr and bad.stderr.count("\n") == 1, bad.stderr
+    assert repr(uri) in bad.stderr and "sqlite:///PATH" in bad.stderr  # what is allowed
+
+
+def test_an_unknown_tracking_uri_from_the_environment_is_one_line(monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "bogus://y")
+    assert main(BASE + ["--budget", "samples=256"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'bogus://y' is not a tracking URI" in err, err
+
+
+HEAVY = ("torch", "mlflow", "optuna", "pandas")
+
+
+def _imported_by(argv: list[str]) -> set[str]:
+    """Which of HEAVY a fresh ``negbench ARGV`` process imports (--help ends in SystemExit)."""
+    code = ("import sys\nfrom negbench.harness.cli import main\n"
+            f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+            f"print('imported:' + ','.join(m for m in {HEAVY!r} if m in sys.modules), "
+            "file=sys.stderr)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    (line,) = [ln for ln in r.stderr.splitlines() if ln.startswith("imported:")]
+    return set(filter(None, line[len("imported:"):].split(",")))
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["tune", "--help"], ["report", "--help"],
+                                  ["ablate", "--help"]])
+def test_help_imports_neither_torch_nor_mlflow_optuna_pandas(argv):
+    assert _imported_by(argv) == set()
+
+
+def test_listing_strategies_imports_torch_but_not_the_trackers():
+    assert _imported_by(["strategies"]) == {"torch"}
