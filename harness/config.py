@@ -267,8 +267,10 @@ def build_config(suite: str, strategy: str, seed: int = 0, budget: BudgetConfig 
         if bad in run_sets:
             raise ConfigError(f"{bad} cannot be set with --set; use --{bad.split('_')[0]}")
     try:
-        strat_cfg = apply_overrides(strat_cls.Config(), strat_sets, "strategy")
         suite_cfg = apply_overrides(suite_cls.Config(), suite_sets, "suite")
+        # the suite's own defaults for this strategy's knobs, below anything set explicitly
+        strat_sets = {**suite_cls.strategy_defaults(suite_cfg, strategy), **strat_sets}
+        strat_cfg = apply_overrides(strat_cls.Config(), strat_sets, "strategy")
         # the suite's own defaults for run settings (a pretrained encoder's learning rate),
         # below anything set explicitly
         run_sets = {**suite_cls.run_defaults(suite_cfg), **run_sets}

@@ -90,6 +90,17 @@ class Suite:
         the user sets them: e.g. a pretrained encoder's small learning rate. None by default."""
         return {}
 
+    # a strategy's knobs where the paper's defaults do not transfer to this suite: strategy
+    # name -> {knob: value}, applied below anything the user sets (the evidence for each is in
+    # docs/decisions.md); the resolved values are the run's strategy config, logged with it
+    strategy_overrides: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    @classmethod
+    def strategy_defaults(cls, cfg: Any, strategy: str) -> dict[str, str]:
+        """This suite's own defaults for ``strategy``'s knobs (keys without ``strategy.``, as
+        strings, as ``--set`` takes them), for its config ``cfg``."""
+        return {k: str(v) for k, v in cls.strategy_overrides.get(strategy, {}).items()}
+
     def describe_encoder(self) -> str:
         enc = self.build_encoder()
         n = sum(p.numel() for p in enc.parameters())

@@ -42,3 +42,16 @@ def test_a_field_may_declare_that_infinity_means_something():
         apply_overrides(Window(), {"low": "inf"}, "w")
     with pytest.raises(ConfigError):  # NaN never is a value
         apply_overrides(Window(), {"high": "nan"}, "w")
+
+
+def test_a_suite_declares_its_own_strategy_defaults_below_the_users():
+    cfg = build_config("bbc-news", "memory-bank")
+    assert cfg.strategy_cfg.K == 256  # bbc-news's own default (the paper's 4,096 elsewhere)
+    assert cfg.flat()["strategy.K"] == 256  # recorded with the run's config
+    assert build_config("digits", "memory-bank").strategy_cfg.K == 4096
+    assert build_config("bbc-news", "memory-bank",
+                        sets={"strategy.K": "1024"}).strategy_cfg.K == 1024  # the user wins
+    assert build_config("bbc-news", "mixing").strategy_cfg.warmup == 0.25
+    # a pretrained encoder does not start collapsed: no warm-up declared for it
+    assert build_config("bbc-news", "mixing",
+                        sets={"suite.encoder": "minilm"}).strategy_cfg.warmup == 0.0

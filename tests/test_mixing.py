@@ -471,3 +471,20 @@ def test_one_instance_batch_raises():
 def test_bad_config_raises(kwargs, word):
     with pytest.raises(StrategyError, match=f"mixing: {word} "):
         MixingConfig(**kwargs)
+
+
+def test_warmup_trains_on_in_batch_negatives_until_its_fraction():
+    from negbench.strategies.kernels import in_batch_negatives
+
+    table = Table(300, 16)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randperm(300, generator=g)[:16]
+    q = F.normalize(torch.randn(16, 16, generator=g), dim=1)
+    k = F.normalize(q + 0.3 * torch.randn(16, 16, generator=g), dim=1)
+    s = strategies.create("mixing", strategies.get("mixing").Config(warmup=0.25), dim=16,
+                          n_train=300)
+    early = s.select(q, k, make_ctx(ids, table, fraction=0.2))
+    plain = in_batch_negatives(q, k, ids)
+    assert early.num_extra == 0 and torch.equal(early.mask, plain.mask)
+    late = s.select(q, k, make_ctx(ids, table, fraction=0.25))
+    assert late.num_extra == s.cfg.s + s.cfg.s_prime
