@@ -22,17 +22,19 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import platform
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from negbench.harness import worker as W
-from negbench.harness.pool import apply_thread_share, run_children
+from negbench.harness.pool import apply_thread_share, run_children, token_alive
 from negbench.harness.spec import Cell, Spec
-from negbench.harness.store import CELL_TAG, completed, queue_url
+from negbench.harness.store import CELL_TAG, close_runs, completed, queue_url
 
-__all__ = ["CELL_TAG", "Outcome", "audit", "completed", "queue_url", "run_ablation",
-           "run_child"]
+__all__ = ["CELL_TAG", "Outcome", "audit", "close_orphans", "completed", "queue_url",
+           "run_ablation", "run_child"]
 
 POLL = 1.0  # seconds between looks at the queue while other processes hold the last cells
 
@@ -58,7 +60,7 @@ def run_ablation(spec: Spec, cells: list[Cell], spec_path: str, *, workers: int 
     ``progress``, ``done``, ``failed``, ``skipped``: a cell's, named by its label)."""
     url = queue or queue_url(tracking_uri)
     out = Outcome(url)
-    out.orphans = W.close_orphans(tracking_uri, spec.name)
+    out.orphans = close_orphans(tracking_uri, spec.name)
     q = W.open_queue(spec, cells, url, tracking_uri)  # its tables, before any child opens it
     out.failed_again, out.missing_again = W.requeue(q, set(completed(tracking_uri, spec.name)))
     if on_start is not None:
@@ -94,6 +96,37 @@ def run_child(spec: Spec, cells: list[Cell], queue: str, *, tracking_uri: str | 
     q = W.open_queue(spec, cells, queue, tracking_uri)
     return W.work(spec, cells, q, tracking_uri=tracking_uri, data_dir=data_dir, poll=POLL,
                   on_event=emit)
+
+
+def close_orphans(tracking_uri: str | None, experiment: str) -> int:
+    """Mark KILLED the RUNNING cell runs of ``experiment`` whose process is known dead: it ran on
+    this machine (its process token, or an older run's ``host:pid``) and is gone, or the run has
+    no worker at all (an ablation older than the shared queue); how many. A run another process
+    here or elsewhere is still making is left alone."""
+    node = platform.node()
+
+    def dead(tags: dict) -> bool:
+        if CELL_TAG not in tags:
+            return False
+        if tags.get(W.PROCESS_TAG):
+            return token_alive(tags[W.PROCESS_TAG]) is False
+        who = tags.get(W.WORKER_TAG)
+        if who is None:
+            return True
+        host, _, pid = who.rpartition(":")
+        return host == node and pid.isdigit() and not _pid_exists(int(pid))
+
+    return close_runs(tracking_uri, experiment, dead, "the process running it was killed")
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _event(kind: str, cell: Cell | None, info: dict) -> dict:

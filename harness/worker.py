@@ -402,37 +402,6 @@ def _hand_back(study, trial) -> None:
         pass
 
 
-def close_orphans(tracking_uri: str | None, experiment: str) -> int:
-    """Mark KILLED the RUNNING cell runs of ``experiment`` whose process is known dead: it ran on
-    this machine (its process token, or an older run's ``host:pid``) and is gone, or the run has
-    no worker at all (an ablation older than the shared queue); how many. A run another process
-    here or elsewhere is still making is left alone."""
-    node = platform.node()
-
-    def dead(tags: dict) -> bool:
-        if CELL_TAG not in tags:
-            return False
-        if tags.get(PROCESS_TAG):
-            return token_alive(tags[PROCESS_TAG]) is False
-        who = tags.get(WORKER_TAG)
-        if who is None:
-            return True
-        host, _, pid = who.rpartition(":")
-        return host == node and pid.isdigit() and not _pid_exists(int(pid))
-
-    return close_runs(tracking_uri, experiment, dead, "the process running it was killed")
-
-
-def _pid_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 __all__ = ["MAX_RETRY", "PARAM", "PROCESS_TAG", "Queue", "SPEC_TAG", "TRIAL_TAG", "WORKER_TAG",
-           "close_orphans", "open_queue", "reap", "requeue", "retry_failed",
+           "open_queue", "reap", "requeue", "retry_failed",
            "run_cell", "study_name", "work", "worker_id"]
