@@ -310,8 +310,12 @@ def cmd_strategies(args) -> int:
         cls = strategies.get(n)
         knobs = ", ".join(f"{f.name}={getattr(cls.Config(), f.name)!r}"
                           for f in dataclasses.fields(cls.Config))
-        t.add_row(n, cls.paper, knobs or "-")
-    console(stderr=False).print(t)
+        t.add_row(f"{n} (oracle)" if cls.oracle else n, cls.paper, knobs or "-")
+    out = console(stderr=False)
+    out.print(t)
+    out.print("(oracle): a reference that reads the labels; reports show it as a bound, never "
+              "ranked. Suites may declare their own defaults for a strategy's knobs: "
+              "`negbench suites` lists them.", highlight=False)
     return 0
 
 
@@ -341,6 +345,11 @@ def cmd_suites(args) -> int:
     out.print(t)
     for line in missing:  # the how-to lines, whole, under the table
         out.print(f"- {line}", soft_wrap=True, highlight=False)
+    for n in suites.names():  # where the papers' defaults do not transfer to a suite
+        for strategy, knobs in suites.get(n).strategy_overrides.items():
+            shown = ", ".join(f"{k}={v!r}" for k, v in knobs.items())
+            out.print(f"{n} declares for {strategy}: {shown} (see docs/decisions.md)",
+                      highlight=False)
     return 0
 
 
