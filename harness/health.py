@@ -61,6 +61,8 @@ def uniformity(x: Tensor, t: float = 2.0) -> float:
 
 def rankme(z: Tensor) -> float:
     """exp(entropy of s / sum(s)) for the singular values s of the (N, F) matrix ``z``."""
+    if not bool(torch.isfinite(z).all()):  # a diverged encoder: nothing to measure
+        return math.nan
     s = torch.linalg.svdvals(z.double())
     total = s.sum()
     if not total > 0:

@@ -52,6 +52,13 @@ def test_known_values():
     assert health.alignment(e, -e) == pytest.approx(4.0, abs=1e-6)  # opposite views: maximum
 
 
+def test_a_diverged_encoder_measures_nan_not_an_error():
+    bad = torch.full((8, 4), float("nan"))
+    assert math.isnan(health.rankme(bad))
+    assert math.isnan(health.uniformity(bad)) and math.isnan(health.alignment(bad, bad))
+    assert health.verdict({"uniform": math.nan, "rankme": math.nan})[0] == "ok"  # no evidence
+
+
 def test_uniformity_is_exact_where_the_mean_of_exp_underflows():
     x = torch.eye(4) * 1.0
     assert health.uniformity(x, t=400.0) == pytest.approx(-800.0, abs=1e-9)
