@@ -94,13 +94,17 @@ def verdict(metrics: dict[str, float]) -> tuple[str, str]:
 
     The rule, in order:
 
-    1. **collapsed** when the representation has lost its spread: uniformity above
-       ``COLLAPSED_UNIFORM`` (-0.1: the projections of different items are nearly one point),
-       RankMe of the features below ``COLLAPSED_RANKME`` (1.5: they lie on about a line), or
-       the negatives' mean hardness above ``COLLAPSED_HARDNESS`` (0.95: anchors and the
-       negatives pushed against them have become nearly the same vector) together with a
-       uniformity above ``LOW_SPREAD_UNIFORM`` (-0.5). Hardness alone is no evidence: a miner
-       that picks near-duplicates is hard by design in a healthy space.
+    1. **collapsed** when the representation has lost its spread: RankMe of the features
+       below ``COLLAPSED_RANKME`` (1.5: they lie on about a line); or uniformity above
+       ``COLLAPSED_UNIFORM`` (-0.1: the projections of different items are nearly one point)
+       where the untrained encoder's was not (``floor_uniform``; unknown counts as not); or the
+       negatives' mean hardness above ``COLLAPSED_HARDNESS`` (0.95: anchors and the negatives
+       pushed against them have become nearly the same vector) together with a uniformity
+       above ``LOW_SPREAD_UNIFORM`` (-0.5), again where the untrained encoder was spread wider.
+       Hardness alone is no evidence: a miner that picks near-duplicates is hard by design in a
+       healthy space. NOTE: a small CNN's untrained projections can start on one point
+       (digits: uniformity -0.002) while its features already classify well; a run that stays
+       there has lost nothing, and rule 2 judges it.
     2. **degraded** when it did not collapse but learned nothing the untrained encoder did not
        already give: kNN accuracy not above the untrained encoder's (``floor_knn_acc``, same
        split, same seed), or RankMe below ``DEGRADED_RANKME_SHARE`` of the untrained
@@ -114,13 +118,16 @@ def verdict(metrics: dict[str, float]) -> tuple[str, str]:
         return math.nan if v is None else float(v)
 
     uni, rank, hard = get("uniform"), get("rankme"), get("hardness")
+    floor_uni = get("floor_uniform")
     reasons = []
-    if uni > COLLAPSED_UNIFORM:
-        reasons.append(f"uniformity {uni:.3f} > {COLLAPSED_UNIFORM} (embeddings of different "
-                       "items nearly coincide)")
     if rank < COLLAPSED_RANKME:
         reasons.append(f"RankMe {rank:.2f} < {COLLAPSED_RANKME} (features on about a line)")
-    if hard > COLLAPSED_HARDNESS and uni > LOW_SPREAD_UNIFORM:
+    if uni > COLLAPSED_UNIFORM and not floor_uni > COLLAPSED_UNIFORM:
+        was = "" if math.isnan(floor_uni) else f", from {floor_uni:.3f} untrained"
+        reasons.append(f"uniformity {uni:.3f} > {COLLAPSED_UNIFORM} (embeddings of different "
+                       f"items nearly coincide{was})")
+    if hard > COLLAPSED_HARDNESS and uni > LOW_SPREAD_UNIFORM \
+            and not floor_uni > LOW_SPREAD_UNIFORM:
         reasons.append(f"hardness {hard:.3f} > {COLLAPSED_HARDNESS} with uniformity "
                        f"{uni:.3f} > {LOW_SPREAD_UNIFORM} (negatives nearly identical to "
                        "their anchors in a space with little spread)")

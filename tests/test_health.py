@@ -80,6 +80,14 @@ def test_uniformity_is_exact_where_the_mean_of_exp_underflows():
     ({"uniform": -2.0, "rankme": 9.0, "hardness": 0.5, "knn_acc": 0.9, "floor_knn_acc": 0.5,
       "floor_rankme": 20.0}, "ok"),
     ({"knn_acc": 0.9}, "ok"),  # missing figures take no part
+    # an encoder whose untrained projections already sit on one point has lost nothing
+    ({"uniform": -0.02, "rankme": 30.0, "hardness": 0.97, "knn_acc": 0.97,
+      "floor_knn_acc": 0.94, "floor_uniform": -0.002, "floor_rankme": 40.0}, "ok"),
+    ({"uniform": -0.02, "rankme": 30.0, "hardness": 0.5, "knn_acc": 0.90,
+      "floor_knn_acc": 0.94, "floor_uniform": -0.002, "floor_rankme": 40.0}, "degraded"),
+    # ... but one that started spread and ends on one point collapsed
+    ({"uniform": -0.02, "rankme": 30.0, "hardness": 0.5, "knn_acc": 0.9,
+      "floor_knn_acc": 0.4, "floor_uniform": -2.1, "floor_rankme": 60.0}, "collapsed"),
 ])
 def test_verdict_rule(metrics, expect):
     v, reason = health.verdict(metrics)

@@ -121,11 +121,13 @@ def test_a_collapsing_run_is_tagged_and_left_out_of_the_ranking(tmp_path: Path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     sets = {"batch_size": "64", "log_every": "2", "eval.linear_epochs": "20"}
 
-    def collapse(tr, fraction):  # from mid-run on, the projection is one constant vector
-        last = tr.encoder.head[-1]
+    def collapse(tr, fraction):  # from mid-run on, the features are one constant vector
+        bn = [m for m in tr.encoder.backbone if isinstance(m, torch.nn.BatchNorm2d)][-1]
         with torch.no_grad():
-            last.weight.zero_()
-        last.weight.requires_grad_(False)
+            bn.weight.zero_()
+            bn.bias.fill_(1.0)
+        bn.weight.requires_grad_(False)
+        bn.bias.requires_grad_(False)
 
     for name in ("in-batch", "hcl"):
         cfg = build_config("digits", name, seed=0, budget=parse_budget("samples=1280"),
@@ -137,7 +139,7 @@ def test_a_collapsing_run_is_tagged_and_left_out_of_the_ranking(tmp_path: Path):
     runs = load(uri, "collapse")
     tags = {row.strategy: row.tags for row in runs.frame.itertuples()}
     assert tags["hcl"][HEALTH_TAG] == "collapsed" and ORACLE_TAG not in tags["hcl"]
-    assert "uniformity" in tags["hcl"]["negbench.health_reason"]
+    assert "RankMe" in tags["hcl"]["negbench.health_reason"]
     report = build(runs)
     section = report.data["sections"][0]
     assert section["order"] == ["in-batch"]
