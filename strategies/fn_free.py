@@ -20,8 +20,8 @@ from typing import ClassVar
 
 from torch import Tensor
 
-from negbench.strategies import Negatives, StepContext, Strategy, StrategyError, register
-from negbench.strategies.kernels import in_batch_negatives
+from negbench.strategies import Negatives, StepContext, Strategy, register
+from negbench.strategies.kernels import in_batch_same_class
 
 
 @dataclass(frozen=True)
@@ -41,9 +41,6 @@ class FnFree(Strategy):
     oracle = True
 
     def mine(self, q: Tensor, k: Tensor, ctx: StepContext) -> Negatives:
-        if ctx.labels is None:
-            raise StrategyError("fn-free: an oracle reference needs ctx.labels")
-        negs = in_batch_negatives(q, k, ctx.ids)
-        y = ctx.labels[negs.pool_ids]  # (2B,) anchors and pool are the same views
-        negs.mask &= y[:, None] != y[None, :]  # (2B, 2B) true negatives only
+        negs, same = in_batch_same_class(q, k, ctx, self.name)
+        negs.mask &= ~same  # (2B, 2B) true negatives only
         return negs

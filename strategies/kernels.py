@@ -2,7 +2,8 @@
 
 Strategies never import each other (DESIGN.md); whatever two of them compute alike lives here:
 SimCLR's in-batch selection, HCL's importance weights, the float-ordered integer keys of a
-similarity matrix, and the FIFO ring buffer of a queue of keys.
+similarity matrix, the FIFO ring buffer of a queue of keys, and the oracle references' in-batch
+selection with its same-class mask.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from negbench.strategies.base import Negatives, tilt_weights
+from negbench.strategies.base import Negatives, StepContext, StrategyError, tilt_weights
 
 
 # --------------------------------------------------------------------------- in-batch selection
@@ -71,3 +72,15 @@ def fifo_enqueue(queue: Tensor, queue_ids: Tensor, ptr: Tensor, keys: Tensor,
     queue.index_copy_(0, slots, keys[b - n:].to(queue.dtype))  # (K, D)
     queue_ids.index_copy_(0, slots, ids[b - n:])  # (K,)
     ptr.add_(b).remainder_(k_len)
+
+
+# --------------------------------------------------------------------------- oracle references
+def in_batch_same_class(q: Tensor, k: Tensor, ctx: StepContext,
+                        who: str) -> tuple[Negatives, Tensor]:
+    """In-batch negatives and the (2B, 2B) bool "same class" among their pool, from the oracle
+    labels that only an oracle reference's context holds (``who`` names it in the error)."""
+    if ctx.labels is None:
+        raise StrategyError(f"{who}: an oracle reference needs ctx.labels")
+    negs = in_batch_negatives(q, k, ctx.ids)
+    y = ctx.labels[negs.pool_ids]  # (2B,) anchors and pool are the same views
+    return negs, y[:, None] == y[None, :]  # (2B, 2B)

@@ -24,8 +24,8 @@ from typing import ClassVar
 
 from torch import Tensor
 
-from negbench.strategies import Negatives, StepContext, Strategy, StrategyError, register
-from negbench.strategies.kernels import in_batch_negatives
+from negbench.strategies import Negatives, StepContext, Strategy, register
+from negbench.strategies.kernels import in_batch_same_class
 
 
 @dataclass(frozen=True)
@@ -45,11 +45,7 @@ class SupCon(Strategy):
     oracle = True
 
     def mine(self, q: Tensor, k: Tensor, ctx: StepContext) -> Negatives:
-        if ctx.labels is None:
-            raise StrategyError("supcon: an oracle reference needs ctx.labels")
-        negs = in_batch_negatives(q, k, ctx.ids)
-        y = ctx.labels[negs.pool_ids]  # (2B,)
-        same = y[:, None] == y[None, :]  # (2B, 2B)
+        negs, same = in_batch_same_class(q, k, ctx, self.name)  # (2B, 2B) same
         negs.extra_positives = negs.mask & same  # other views of the anchor's class
         negs.mask &= ~same  # the negatives: other classes only
         return negs
