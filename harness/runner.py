@@ -586,14 +586,24 @@ def run(cfg: RunConfig, *, tracking_uri: str | None = None, experiment: str = "n
         if on_log is not None:
             on_log(point)
 
+    # the fractions still to come, the caller's and health's; a step that passes several at once
+    # reports the caller's last one, as Trainer.train does
+    todo = {"caller": sorted(f for f in checkpoints if 0.0 < f < 1.0), "health": list(health_at)}
+
+    def due(kind: str, fraction: float) -> float | None:
+        passed = [f for f in todo[kind] if f <= fraction]
+        todo[kind] = [f for f in todo[kind] if f > fraction]
+        return passed[-1] if passed else None
+
     def checkpoint(tr: Trainer, fraction: float) -> None:
         if tracker is not None:  # checkpoint time is not training time: a good moment to send
             tracker.send()
         point = {}
-        if fraction in health_at:
+        if due("health", fraction) is not None:
             point.update(tr.health().as_dict())
-        if on_checkpoint is not None and fraction in checkpoints:
-            point.update(on_checkpoint(tr, fraction) or {})
+        mine = due("caller", fraction)
+        if on_checkpoint is not None and mine is not None:
+            point.update(on_checkpoint(tr, mine) or {})
         if point and tracker is not None:
             tracker.log_metrics(point, step=int(tr.budget.samples))
 
