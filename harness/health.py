@@ -36,7 +36,6 @@ COLLAPSED_UNIFORM = -0.1  # mean exp(-2 d^2) above 0.9: the projections sit near
 COLLAPSED_RANKME = 1.5  # the features span less than two effective directions
 COLLAPSED_HARDNESS = 0.95  # the selected negatives are nearly the anchors themselves
 LOW_SPREAD_UNIFORM = -0.5  # with that hardness: a space that has lost most of its spread
-DEGRADED_RANKME_SHARE = 0.25  # effective rank below a quarter of the untrained encoder's
 
 
 def alignment(x: Tensor, y: Tensor, alpha: float = 2.0) -> float:
@@ -107,8 +106,9 @@ def verdict(metrics: dict[str, float]) -> tuple[str, str]:
        there has lost nothing, and rule 2 judges it.
     2. **degraded** when it did not collapse but learned nothing the untrained encoder did not
        already give: kNN accuracy not above the untrained encoder's (``floor_knn_acc``, same
-       split, same seed), or RankMe below ``DEGRADED_RANKME_SHARE`` of the untrained
-       encoder's (``floor_rankme``).
+       split, same seed). NOTE: a fall in RankMe alone is no sign of it: supcon, with labels,
+       folds bbc-news's features towards its 5 classes (RankMe 13.8 against 61.3 untrained)
+       at 92.3% kNN.
     3. **ok** otherwise.
 
     A figure that is missing (NaN or absent) takes no part in the rule."""
@@ -133,13 +133,10 @@ def verdict(metrics: dict[str, float]) -> tuple[str, str]:
                        "their anchors in a space with little spread)")
     if reasons:
         return "collapsed", "; ".join(reasons)
-    knn, floor_knn, floor_rank = get("knn_acc"), get("floor_knn_acc"), get("floor_rankme")
+    knn, floor_knn = get("knn_acc"), get("floor_knn_acc")
     if knn <= floor_knn:
         reasons.append(f"kNN accuracy {knn:.4f} is not above the untrained encoder's "
                        f"{floor_knn:.4f}")
-    if rank < DEGRADED_RANKME_SHARE * floor_rank:
-        reasons.append(f"RankMe {rank:.2f} is below {DEGRADED_RANKME_SHARE:g} of the untrained "
-                       f"encoder's {floor_rank:.2f}")
     if reasons:
         return "degraded", "; ".join(reasons)
     return "ok", "spread kept and above the untrained encoder"
