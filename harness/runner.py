@@ -556,9 +556,9 @@ def run(cfg: RunConfig, *, tracking_uri: str | None = None, experiment: str = "n
     and evaluates the same model; rank 0 alone records the run, and ``world_size`` says how many
     processes it took."""
     trainer = Trainer(cfg, data_dir=data_dir)
-    tracker = None
-    floor_key = trainer.floor_key()
+    tracker, floor_key = None, None
     if track and (trainer.dist is None or trainer.dist.main):
+        floor_key = trainer.floor_key()  # only a tracked run can lend or borrow floors
         tracker = Tracker(tracking_uri, experiment)
         tags = run_tags(cfg, device_label(trainer.device))
         tags["world_size"] = str(trainer.dist.world if trainer.dist else 1)
