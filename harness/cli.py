@@ -350,6 +350,12 @@ def cmd_suites(args) -> int:
             shown = ", ".join(f"{k}={v!r}" for k, v in knobs.items())
             out.print(f"{n} declares for {strategy}: {shown} (see docs/decisions.md)",
                       highlight=False)
+    for n in suites.names():  # the false-negative pressure knob
+        groupings = suites.get(n).groupings
+        if groupings:
+            ks = ", ".join(map(str, sorted(groupings, reverse=True)))
+            out.print(f"{n}: --set suite.classes={{{ks}}} groups its classes (README: "
+                      "False-negative pressure)", highlight=False)
     return 0
 
 
@@ -374,7 +380,7 @@ def cmd_ablate(args) -> int:
     from rich.table import Table
 
     from negbench.harness import ablate as A
-    from negbench.harness.spec import load_spec
+    from negbench.harness.spec import SWEEP_TAG, load_spec
     from negbench.harness.tracking import resolve_uri
 
     spec = load_spec(args.spec)
@@ -390,12 +396,16 @@ def cmd_ablate(args) -> int:
     done = A.completed(args.tracking_uri, spec.name)
     if args.dry_run:
         t = Table(title=f"{spec.name}: {len(cells)} cells ({len(spec.suites)} suites x "
-                        f"{len(spec.strategies)} strategies x {len(spec.seeds)} seeds)")
+                        f"{len(spec.strategies)} strategies x "
+                        + (f"{len(spec.points())} sweep points x " if spec.sweep else "")
+                        + f"{len(spec.seeds)} seeds)")
         for c in ("suite", "strategy", "seed", "budget", "cell", "status"):
             t.add_column(c)
         for c in cells:
             b = c.config.budget
-            t.add_row(c.config.suite, c.config.strategy, str(c.config.seed),
+            point = c.tags.get(SWEEP_TAG)
+            t.add_row(f"{c.config.suite} ({point})" if point else c.config.suite,
+                      c.config.strategy, str(c.config.seed),
                       f"{b.kind}={b.amount:g}", c.key, "done" if c.key in done else "to run")
         out = console(stderr=False)
         out.print(t)

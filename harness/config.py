@@ -268,8 +268,13 @@ def build_config(suite: str, strategy: str, seed: int = 0, budget: BudgetConfig 
             raise ConfigError(f"{bad} cannot be set with --set; use --{bad.split('_')[0]}")
     try:
         suite_cfg = apply_overrides(suite_cls.Config(), suite_sets, "suite")
+        suite_cls.check_config(suite_cfg)
         # the suite's own defaults for this strategy's knobs, below anything set explicitly
         strat_sets = {**suite_cls.strategy_defaults(suite_cfg, strategy), **strat_sets}
+        prior = suite_cls.class_prior(suite_cfg)  # suite.classes coarser than the suite's own
+        knobs = {f.name for f in dataclasses.fields(strat_cls.Config)}
+        if prior is not None and "tau_plus" in knobs:
+            strat_sets = {"tau_plus": f"{prior:.4g}", **strat_sets}
         strat_cfg = apply_overrides(strat_cls.Config(), strat_sets, "strategy")
         # the suite's own defaults for run settings (a pretrained encoder's learning rate),
         # below anything set explicitly

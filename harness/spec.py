@@ -26,6 +26,9 @@ Format (every key but ``suites`` and ``strategies`` optional)::
     budget = "samples=20000"
     "suite.vocab_size" = 8000
 
+    [sweep]                          # more axes of the grid: dotted keys (as `--set`), each
+    "suite.classes" = [10, 5, 2]     # with a list of values; every combination is run
+
 Every error names the file, the key and what is allowed; unknown keys are errors. A cell's
 identity is a hash of its resolved config (suite, strategy, seed, budget, every knob), so a cell
 is the same cell whichever spec file or order produced it.
@@ -39,12 +42,20 @@ meant to be the cell's: remove one). Tables for suites or strategies the spec do
 ignored. Such a cell carries the tag ``negbench.tuned`` = FILE's name (:attr:`Cell.tags`); its
 key is still the hash of its resolved config, so a tuned cell is a different cell from the
 untuned one.
+
+Sweeps (``[sweep]``): the grid is suites x strategies x every combination of the sweep's values
+x seeds. A swept value applies on top of everything else (a key the spec sets elsewhere too is
+an error). Each cell carries the tag ``negbench.sweep`` (``suite.classes=5``; several keys
+joined by ", "), and the report gives each combination its own section
+(``fashion-mnist (suite.classes=5)``), since a different grouping or knob is a different
+question, not another row of the same ranking.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import tomllib
 from dataclasses import dataclass, field
@@ -55,8 +66,9 @@ from negbench import NegbenchError, strategies, suites
 from negbench.harness.config import ConfigError, RunConfig, build_config, parse_budget
 
 TOP_KEYS = ("name", "suites", "strategies", "seeds", "budget", "tuned", "objective",
-            "overrides", "strategy", "suite")
+            "overrides", "strategy", "suite", "sweep")
 TUNED_TAG = "negbench.tuned"
+SWEEP_TAG = "negbench.sweep"
 OBJECTIVE_KEYS = ("name", "temperature", "margin")
 
 
@@ -77,7 +89,8 @@ class Cell:
     @property
     def label(self) -> str:
         c = self.config
-        return f"{c.suite}/{c.strategy}/seed {c.seed}"
+        point = f" ({self.tags[SWEEP_TAG]})" if SWEEP_TAG in self.tags else ""
+        return f"{c.suite}/{c.strategy}{point}/seed {c.seed}"
 
 
 @dataclass(frozen=True)
@@ -94,18 +107,27 @@ class Spec:
     per_suite: dict[str, dict[str, Any]]
     tuned_path: str | None = None  # the `tuned` file, as found (relative to the spec)
     tuned: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # suite/strategy
+    sweep: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # dotted key -> values
+
+    def points(self) -> list[dict[str, Any]]:
+        """Every combination of the sweep's values ([{}] without a sweep)."""
+        keys = list(self.sweep)
+        return [dict(zip(keys, vals, strict=True))
+                for vals in itertools.product(*(self.sweep[k] for k in keys))]
 
     def cells(self) -> list[Cell]:
-        """The grid, suites x strategies x seeds, in that order (so a suite's cells run
-        together)."""
+        """The grid, suites x strategies x sweep points x seeds, in that order (so a suite's
+        cells run together)."""
         out = []
         for su in self.suites:
             for st in self.strategies:
-                for seed in self.seeds:
-                    out.append(self._cell(su, st, seed))
+                for point in self.points():
+                    for seed in self.seeds:
+                        out.append(self._cell(su, st, seed, point))
         return out
 
-    def _cell(self, suite: str, strategy: str, seed: int) -> Cell:
+    def _cell(self, suite: str, strategy: str, seed: int,
+              point: dict[str, Any] | None = None) -> Cell:
         sets: dict[str, str] = {}
         sets.update({f"objective.{k}": _text(v) for k, v in self.objective.items()})
         sets.update({k: _text(v) for k, v in self.overrides.items()})
@@ -121,6 +143,11 @@ class Spec:
             sets.update({k: _text(v) for k, v in tuned.items()})
             tags[TUNED_TAG] = Path(self.tuned_path).name
             where += f" (with the tuned values of {self.tuned_path} [{suite}.{strategy}])"
+        if point:
+            label = ", ".join(f"{k}={_text(v)}" for k, v in point.items())
+            sets.update({k: _text(v) for k, v in point.items()})
+            tags[SWEEP_TAG] = label
+            where += f" ({label})"
         try:
             cfg = build_config(suite, strategy, seed=seed,
                                budget=parse_budget(budget) if budget else None, sets=sets)
@@ -236,10 +263,45 @@ def load_spec(path: str | Path) -> Spec:
     if "tuned" in raw:
         tuned_path, tuned = _load_tuned(raw["tuned"], p, where)
         _check_tuned_conflicts(tuned, tuned_path, per_strategy, per_suite, su, st, where)
+    sweep = _sweep(raw.get("sweep", {}), objective, overrides, per_strategy, per_suite, tuned,
+                   where)
     spec = Spec(where, name.strip(), su, st, seed_list, budget, objective, overrides,
-                per_strategy, per_suite, tuned_path, tuned)
+                per_strategy, per_suite, tuned_path, tuned, sweep)
     spec.cells()  # resolve every cell now: a bad knob fails before anything runs
     return spec
+
+
+def _sweep(value: Any, objective: dict, overrides: dict, per_strategy: dict, per_suite: dict,
+           tuned: dict, where: str) -> dict[str, tuple[Any, ...]]:
+    """The ``[sweep]`` table: dotted keys -> non-empty lists of distinct scalar values, no key
+    set elsewhere in the spec."""
+    if not isinstance(value, dict):
+        raise SpecError(f"{where}: sweep must be a table ([sweep] ...)")
+    table = value
+    elsewhere = {f"objective.{k}" for k in objective} | set(overrides)
+    for t in per_suite.values():
+        elsewhere |= {k for k in t if k != "budget"}
+    for t in per_strategy.values():
+        elsewhere |= {_strategy_key(k) for k in t}
+    for by_strategy in tuned.values():
+        for t in by_strategy.values():
+            elsewhere |= set(t)
+    out = {}
+    for k, vals in table.items():
+        if k.split(".")[0] in ("seed", "budget") or "." not in k:
+            raise SpecError(f"{where}: sweep.{k}: a sweep takes dotted keys as --set does "
+                            "(suite.classes, strategy.K, optim.lr); seeds and budgets have "
+                            "their own keys")
+        if (not isinstance(vals, list) or not vals
+                or not all(isinstance(v, (int, float, str, bool)) for v in vals)
+                or len({_text(v) for v in vals}) != len(vals)):
+            raise SpecError(f"{where}: sweep.{k} must be a non-empty list of distinct values; "
+                            f"got {vals!r}")
+        if k in elsewhere:
+            raise SpecError(f"{where}: sweep.{k} is also set elsewhere in the spec; a swept key "
+                            "takes its values from the sweep only")
+        out[k] = tuple(vals)
+    return out
 
 
 def _check_budget(value: Any, key: str, where: str) -> None:

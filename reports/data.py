@@ -1,9 +1,11 @@
 """Tracked runs, read back through mlflow into pandas.
 
 One row per run: its identity (tags ``suite``, ``strategy``, ``seed``, ``budget``, and
-``negbench.tuned`` for a tuned config), its status, its provenance tags and its final metrics
-(mlflow's latest value of each key: the values every run logs when it ends). Training curves
-come from metric histories, fetched only for the metrics the curves draw.
+``negbench.tuned`` for a tuned config; a run tagged ``negbench.sweep``, a spec's sweep point,
+has the suite column ``SUITE (POINT)``, a section of its own in the report), its status, its
+provenance tags and its final metrics (mlflow's latest value of each key: the values every run
+logs when it ends). Training curves come from metric histories, fetched only for the metrics
+the curves draw.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import pandas as pd
 from negbench.harness.config import ConfigError
 
 TUNED_TAG = "negbench.tuned"
+SWEEP_TAG = "negbench.sweep"  # a spec's sweep point: the run's section is "SUITE (POINT)"
 COMMAND_TAG = "negbench.command"
 IDENTITY = ("suite", "strategy", "seed", "budget")
 # the metric histories the curves draw; ``budget_fraction`` is their x axis
@@ -224,7 +227,8 @@ def load(uri: str | None, experiment: str) -> Runs:
             "status": r.info.status,
             "start_time": r.info.start_time,
             "end_time": r.info.end_time,
-            "suite": tags["suite"],
+            "suite": (f"{tags['suite']} ({tags[SWEEP_TAG]})" if tags.get(SWEEP_TAG)
+                      else tags["suite"]),
             "strategy": tags["strategy"],
             "seed": seed,
             "budget": tags["budget"],

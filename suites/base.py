@@ -62,14 +62,47 @@ class Suite:
     def __init__(self, cfg: Any, *, data_dir: str | None = None):
         if not isinstance(cfg, self.Config):
             raise SuiteError(f"{self.name}: expected a {self.Config.__name__}, got {cfg!r}")
+        self.check_config(cfg)
         self.cfg = cfg
         self.data_dir = data_dir
         self._data: SuiteData | None = None
 
+    # ``suite.classes=K``: coarser groupings of the suite's classes, K -> ((group name, (class
+    # index, ...)), ...), the native classes included. Fewer groups mean more same-group items
+    # among uniform negatives (expected false-negative rate sum_g p_g^2), so the grouping is a
+    # false-negative pressure knob; labels of every split (evaluation and false-negative
+    # counting alike) are the group indices. A suite with groupings has a ``classes`` field.
+    groupings: ClassVar[dict[int, tuple[tuple[str, tuple[int, ...]], ...]]] = {}
+
+    @classmethod
+    def check_config(cls, cfg: Any) -> None:
+        """Raise SuiteError where ``cfg`` asks for what this suite lacks (a grouping)."""
+        k = getattr(cfg, "classes", None)
+        if k is not None and k not in cls.groupings:
+            raise SuiteError(f"{cls.name}: suite.classes must be one of "
+                             f"{', '.join(map(str, sorted(cls.groupings)))}; got {k}")
+
+    @classmethod
+    def class_prior(cls, cfg: Any) -> float | None:
+        """At a coarser ``suite.classes`` grouping, the share of a uniform negative that falls
+        in the anchor's group, sum_g (|g| / C)^2 (the native classes counted as balanced): the
+        class prior tau+ of Chuang et al. 2020, which the harness gives every strategy with a
+        ``tau_plus`` knob unless it is set. None at the native classes (the paper's default
+        stands) and for a suite without groupings."""
+        k = getattr(cfg, "classes", None)
+        if k is None or not cls.groupings or k == max(cls.groupings):
+            return None
+        n = max(cls.groupings)
+        return sum((len(m) / n) ** 2 for _, m in cls.groupings[k])
+
     def load(self) -> SuiteData:
-        """The splits (cached after the first call)."""
+        """The splits (cached after the first call), labelled by ``suite.classes`` groups."""
         if self._data is None:
-            self._data = self._load()
+            data = self._load()
+            k = getattr(self.cfg, "classes", None)
+            if k is not None:
+                data = regroup(data, self.groupings[k])
+            self._data = data
         return self._data
 
     def data_status(self) -> str:
@@ -138,6 +171,30 @@ class Suite:
         """Metrics of this suite's own beside kNN and linear accuracy (text retrieval, ...),
         computed on ``split`` with the frozen ``encoder``. None by default."""
         return {}
+
+
+def group_table(groups: tuple[tuple[str, tuple[int, ...]], ...], n_classes: int) -> Tensor:
+    """(n_classes,) int64: each class's group index; every class in exactly one group."""
+    table = torch.full((n_classes,), -1, dtype=torch.int64)
+    for g, (name, members) in enumerate(groups):
+        for c in members:
+            if not 0 <= c < n_classes or table[c] >= 0:
+                raise SuiteError(f"grouping {name!r}: class {c} is out of range or in two groups")
+            table[c] = g
+    if (table < 0).any():
+        raise SuiteError(f"grouping leaves classes {table.lt(0).nonzero().flatten().tolist()} out")
+    return table
+
+
+def regroup(data: SuiteData, groups: tuple[tuple[str, tuple[int, ...]], ...]) -> SuiteData:
+    """``data`` with every split's labels replaced by their group's index."""
+    table = group_table(groups, data.n_classes)
+
+    def split(s: Split) -> Split:
+        return Split(s.x, table[s.y], s.source)
+
+    return SuiteData(split(data.train), split(data.val), split(data.test), n_classes=len(groups),
+                     class_names=tuple(name for name, _ in groups))
 
 
 def stratified_holdout(idx, y, fraction: float, seed: int):

@@ -56,6 +56,16 @@ def runs(tmp_path: Path, experiment: str) -> list:
     ('suites = ["digits"]\nstrategies = ["in-batch"]\n[overrides]\n"strategy.K" = 1',
      "overrides.strategy.K", "[strategy.NAME]"),
     ('suites = ["digits"\nstrategies = 1', "", "not valid TOML"),
+    ('suites = ["digits"]\nstrategies = ["in-batch"]\n[sweep]\n"suite.classes" = 2',
+     "sweep.suite.classes", "non-empty list of distinct values"),
+    ('suites = ["digits"]\nstrategies = ["in-batch"]\n[sweep]\n"suite.classes" = [2, 2]',
+     "sweep.suite.classes", "non-empty list of distinct values"),
+    ('suites = ["digits"]\nstrategies = ["in-batch"]\n[sweep]\nseed = [1, 2]',
+     "sweep.seed", "dotted keys"),
+    ('suites = ["digits"]\nstrategies = ["in-batch"]\n[sweep]\n"suite.classes" = [10, 3]',
+     "suite.classes=3", "must be one of 2, 10"),
+    ('suites = ["digits"]\nstrategies = ["in-batch"]\n[overrides]\n"optim.lr" = 0.1\n'
+     '[sweep]\n"optim.lr" = [0.1, 0.01]', "sweep.optim.lr", "also set elsewhere"),
 ])
 def test_every_spec_error_names_file_key_and_what_is_allowed(tmp_path, text, key, allowed):
     path = write(tmp_path, text)
@@ -93,11 +103,26 @@ def test_grid_identity_and_overrides(tmp_path):
     assert [c.key for c in plain[:2]] == [c.key for c in cells[:2]]
 
 
+def test_a_sweep_multiplies_the_grid_and_tags_each_point(tmp_path):
+    spec = load_spec(write(tmp_path, SMALL + '[sweep]\n"suite.classes" = [10, 2]\n'))
+    cells = spec.cells()
+    assert len(cells) == 8 and len({c.key for c in cells}) == 8
+    assert cells[0].label == "digits/in-batch (suite.classes=10)/seed 0"
+    assert [c.config.suite_cfg.classes for c in cells[:4]] == [10, 10, 2, 2]
+    assert {c.tags["negbench.sweep"] for c in cells} == {"suite.classes=10", "suite.classes=2"}
+
+
 def test_shipped_specs_are_valid():
     root = Path(__file__).resolve().parents[1] / "specs"
     demo, standard = load_spec(root / "demo.toml"), load_spec(root / "standard.toml")
     assert demo.suites == ("digits", "bbc-news") and len(demo.strategies) >= 10
     assert standard.suites == ("fashion-mnist", "bbc-news") and standard.seeds == (0, 1, 2)
+    pressure = load_spec(root / "fn-pressure.toml")
+    assert pressure.sweep == {"suite.classes": (10, 5, 2)}
+    assert {"in-batch", "debiased", "hcl", "fn-free"} <= set(pressure.strategies)
+    tau = {c.config.suite_cfg.classes: c.config.strategy_cfg.tau_plus for c in pressure.cells()
+           if c.config.strategy == "debiased"}
+    assert tau == {10: 0.1, 5: 0.22, 2: 0.52}  # the grouping's class prior (Chuang et al.)
 
 
 def test_dry_run_shows_the_grid_and_runs_nothing(tmp_path, capsys):
@@ -224,3 +249,23 @@ def test_ablate_with_report_ends_with_the_reports_path(tmp_path, capsys, monkeyp
     index = tmp_path / "negbench-runs" / "reports" / "spec" / "index.html"
     assert last == f"report: {index}" and index.is_file()
     assert "in-batch" in (index.parent / "report.md").read_text()
+
+
+def test_each_sweep_point_is_a_section_of_the_report(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = write(tmp_path, SMALL.replace("seeds = 2", "seeds = 1")
+                 + '[sweep]\n"suite.classes" = [10, 2]\n')
+    assert main(["ablate", path, "--tracking-uri", uri(tmp_path), "--no-progress",
+                 "--report"]) == 0
+    md = (tmp_path / "negbench-runs" / "reports" / "spec" / "report.md").read_text()
+    assert "digits (suite.classes=10)" in md and "digits (suite.classes=2)" in md
+    got = {r.data.tags["negbench.sweep"]: r.data.metrics["fnr"] for r in runs(tmp_path, "spec")
+           if r.data.tags["strategy"] == "random"}
+    assert got["suite.classes=2"] > 2 * got["suite.classes=10"]  # the pressure knob works
+    bench = Path(__file__).resolve().parents[1] / "bench" / "fn_pressure.py"
+    out = subprocess.run([sys.executable, str(bench), "--experiment", "spec", "--tracking-uri",
+                          uri(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "| digits | 2 | random | 1 |" in out.stdout and "| digits | 10 | in-batch | 1 |" \
+        in out.stdout
+    assert "digits random: gain" in out.stdout and "at 10 -> 2 groups" in out.stdout

@@ -63,6 +63,7 @@ def test_listing_commands(capsys):
     assert main(["suites"]) == 0
     out = capsys.readouterr().out
     assert "digits" in out and "present" in out
+    assert "fashion-mnist: --set suite.classes={10, 5, 2}" in out
 
 
 def test_demo_runs_strategies_and_prints_the_table(tmp_path, capsys):

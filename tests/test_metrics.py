@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -108,18 +109,24 @@ def test_knn_top1_weighted_vote():
     assert knn_top1(train, ty, query, torch.tensor([1, 0]), 2, k=1) == 0.0
 
 
-def test_random_fnr_matches_sum_of_squared_class_priors():
+@pytest.mark.parametrize("suite,classes", [("digits", 10), ("digits", 2), ("fashion-mnist", 5)])
+def test_random_fnr_matches_sum_of_squared_class_priors(suite, classes):
     """Uniform sampling without the anchor's own instance has expected FNR
-    sum_c p_c (n_c - 1) / (N - 1) (~ sum_c p_c^2). Tolerance: 4 binomial standard errors, counting
-    each of the steps x K uniform draws as one trial (the B anchors of a step share the draws)."""
-    cfg = build_config("digits", "random", seed=1, budget=BudgetConfig("samples", 25_600),
-                       sets={"eval.linear_epochs": "1"})
-    r = run(cfg, track=False)
+    sum_c p_c (n_c - 1) / (N - 1) (~ sum_c p_c^2), over the ``suite.classes`` groups of the real
+    training labels. Tolerance: 4 binomial standard errors, counting each of the steps x K
+    uniform draws as one trial (the B anchors of a step share the draws)."""
     from negbench import suites
 
-    y = suites.create("digits").load().train.y
+    if suites.create(suite).data_status() != "present":
+        pytest.skip(f"{suite} data not installed")
+    sets = {"eval.linear_epochs": "1", "suite.classes": str(classes)}
+    cfg = build_config(suite, "random", seed=1, budget=BudgetConfig("samples", 25_600), sets=sets)
+    r = run(cfg, track=False)
+    data = suites.create(suite, suites.get(suite).Config(classes=classes)).load()
+    assert data.n_classes == classes
+    y = data.train.y
     n = len(y)
-    counts = torch.bincount(y).double()
+    counts = torch.bincount(y, minlength=classes).double()
     expected = float((counts / n * (counts - 1) / (n - 1)).sum())
     trials = r.metrics["steps"] * cfg.strategy_cfg.K
     tol = 4 * math.sqrt(expected * (1 - expected) / trials)
