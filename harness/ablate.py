@@ -31,7 +31,14 @@ from dataclasses import dataclass, field
 from negbench.harness import worker as W
 from negbench.harness.pool import apply_thread_share, run_children, token_alive
 from negbench.harness.spec import Cell, Spec
-from negbench.harness.store import CELL_TAG, close_runs, completed, queue_url
+from negbench.harness.store import (
+    CELL_TAG,
+    close_runs,
+    completed,
+    queue_url,
+    resolve_uri,
+    url_env,
+)
 
 __all__ = ["CELL_TAG", "Outcome", "audit", "close_orphans", "completed", "queue_url",
            "run_ablation", "run_child"]
@@ -74,13 +81,12 @@ def run_ablation(spec: Spec, cells: list[Cell], spec_path: str, *, workers: int 
         W.work(spec, cells, q, tracking_uri=tracking_uri, data_dir=data_dir, poll=POLL,
                on_event=emit)
         return out
-    cmd = [sys.executable, "-m", "negbench.harness.cli", "ablate", spec_path, "--queue", url,
-           "--events"]
-    if tracking_uri:
-        cmd += ["--tracking-uri", tracking_uri]
+    # the queue and tracking URLs go through the children's environment, never their argv
+    cmd = [sys.executable, "-m", "negbench.harness.cli", "ablate", spec_path, "--events"]
     if data_dir:
         cmd += ["--data-dir", data_dir]
-    out.worker_codes = run_children([cmd] * workers, on_event or (lambda w, ev: None))
+    out.worker_codes = run_children([cmd] * workers, on_event or (lambda w, ev: None),
+                                    extra_env=url_env(url, resolve_uri(tracking_uri)))
     return out
 
 

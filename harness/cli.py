@@ -25,6 +25,8 @@ from negbench.harness.console import (
     run_command,
     subcommands,
 )
+from negbench.harness.redact import redact
+from negbench.harness.store import env_storage
 from negbench.harness.tune import add_parser as add_tune_parser
 from negbench.reports.cli import add_parser as add_report_parser
 
@@ -106,9 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "report --experiment NAME`) and printing its path")
     p.add_argument("--no-progress", action="store_true", help="no live view")
     p.add_argument("--queue", default=None, metavar="URL",
-                   help="the work queue, an optuna storage URL (default: queue.db beside a "
-                        "sqlite tracking store, else a file per user and tracking URI in the "
-                        "temporary directory)")
+                   help="the work queue, an optuna storage URL (default: $NEGBENCH_STORAGE, "
+                        "else queue.db beside a sqlite tracking store, else a file per user "
+                        "and tracking URI in the temporary directory)")
     # a local worker of another `ablate --workers N`: cells from --queue, events as JSON lines
     p.add_argument("--events", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(handler=cmd_ablate)
@@ -123,10 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "every worker at one mlflow tracking server. Ends, when no "
                                    "cell is left, with the same tables and audit as ablate.")
     p.add_argument("spec", help="the spec file (e.g. specs/standard.toml)")
-    p.add_argument("--storage", required=True, metavar="URL",
-                   help="the queue's optuna storage, e.g. "
-                        "postgresql+psycopg2://user:password@host/negbench (or a sqlite:/// "
-                        "file for processes on one machine)")
+    p.add_argument("--storage", default=None, metavar="URL",
+                   help="the queue's optuna storage (default: $NEGBENCH_STORAGE), e.g. "
+                        "postgresql+psycopg2://user@host/negbench (or a sqlite:/// file for "
+                        "processes on one machine); keep a password out of the command line: "
+                        "$NEGBENCH_STORAGE, or PostgreSQL's ~/.pgpass")
     add_tracking_uri(p, example="http://host:5000")
     p.add_argument("--data-dir", default=None, help="where suites look for their data first")
     p.add_argument("--heartbeat", type=int, default=20, metavar="S",
@@ -211,7 +214,7 @@ def cmd_run(args) -> int:
                   "samples_per_second", "peak_mem_mb"):
             t.add_row(k, format_value(result.metrics.get(k)))
         con.print(t)
-        con.print(f"mlflow run {result.run_id} in {resolve_uri(args.tracking_uri)}")
+        con.print(f"mlflow run {result.run_id} in {redact(resolve_uri(args.tracking_uri))}")
     return 0
 
 
@@ -292,7 +295,7 @@ def cmd_demo(args) -> int:
     for k, why in failures.items():
         con.print(f"[red]failed[/red] {k}: {why}")
     con.print(f"runs recorded in mlflow experiment {experiment!r} at "
-              f"{resolve_uri(args.tracking_uri)}")
+              f"{redact(resolve_uri(args.tracking_uri))}")
     return EXIT_FAILED if failures else 0
 
 
@@ -388,9 +391,10 @@ def cmd_ablate(args) -> int:
     if args.workers < 1:
         raise UserError("--workers must be >= 1")
     if args.events:  # a local worker of another ablate: cells from its queue, JSON events
-        if args.queue is None:
-            raise UserError("--events needs --queue URL")
-        A.run_child(spec, cells, args.queue, tracking_uri=args.tracking_uri,
+        queue = env_storage(args.queue)
+        if queue is None:
+            raise UserError("--events needs --queue URL or $NEGBENCH_STORAGE")
+        A.run_child(spec, cells, queue, tracking_uri=args.tracking_uri,
                     data_dir=args.data_dir)
         return 0
     done = A.completed(args.tracking_uri, spec.name)
@@ -411,7 +415,7 @@ def cmd_ablate(args) -> int:
         out.print(t)
         left = sum(c.key not in done for c in cells)
         out.print(f"{len(cells) - left} done, {left} to run; runs go to experiment "
-                  f"{spec.name!r} at {resolve_uri(args.tracking_uri)}")
+                  f"{spec.name!r} at {redact(resolve_uri(args.tracking_uri))}")
         return 0
     con = console()
     failures: dict[str, str] = {}
@@ -442,7 +446,8 @@ def cmd_ablate(args) -> int:
 
         result = A.run_ablation(spec, cells, args.spec, workers=args.workers,
                                 tracking_uri=args.tracking_uri, data_dir=args.data_dir,
-                                queue=args.queue, on_start=on_start, on_event=on_event)
+                                queue=env_storage(args.queue), on_start=on_start,
+                                on_event=on_event)
         for w, code in enumerate(result.worker_codes):
             if code != 0:
                 failures[f"worker {w}"] = f"exited with status {code}"
@@ -460,7 +465,11 @@ def cmd_worker(args) -> int:
     apply_thread_share()
     if args.max_cells is not None and args.max_cells < 1:
         raise UserError("--max-cells must be >= 1")
-    queue = W.open_queue(spec, cells, args.storage, args.tracking_uri,
+    storage = env_storage(args.storage)
+    if storage is None:
+        raise UserError("the queue's storage is missing: pass --storage URL or set "
+                        "$NEGBENCH_STORAGE")
+    queue = W.open_queue(spec, cells, storage, args.tracking_uri,
                          heartbeat=args.heartbeat, grace=args.grace)
     con = console()
     again, lost = W.requeue(queue, set(completed(args.tracking_uri, spec.name)))
@@ -522,7 +531,7 @@ def _ablation_summary(spec, cells, tracking_uri, failures: dict[str, str], args)
         out.print(f"budget audit: all {len(cells) - len(missing)} completed runs spent exactly "
                   "their cell's budget, the same within each suite")
     out.print(f"{len(cells) - len(missing)} of {len(cells)} cells completed; runs in experiment "
-              f"{spec.name!r} at {resolve_uri(tracking_uri)}")
+              f"{spec.name!r} at {redact(resolve_uri(tracking_uri))}")
     if args.report and len(missing) < len(cells):
         from negbench.reports.cli import generate
 

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from negbench import NegbenchError
+from negbench.harness.redact import redact
 
 EXIT_USAGE = 2  # bad input: NegbenchError.exit_code
 EXIT_FAILED = 1  # a run failed, or a cell of an ablation is not completed
@@ -89,16 +90,18 @@ def run_command(args: argparse.Namespace, words: Sequence[str]) -> int:
     (``args.on_interrupt``, if the subcommand sets it, is appended to that line).
 
     ``words``: the command line as the user typed it (``negbench ...``), recorded in
-    ``NEGBENCH_COMMAND`` for the runs this command makes, unless a parent process set it."""
+    ``NEGBENCH_COMMAND`` for the runs this command makes, unless a parent process set it, with
+    every URL's password replaced by ``***`` (:func:`~negbench.harness.redact.redact`), as in
+    the error line."""
     name = f"negbench {args.command}"
     inherited = os.environ.get(COMMAND_ENV)
-    os.environ[COMMAND_ENV] = inherited or shlex.join(list(words))
+    os.environ[COMMAND_ENV] = inherited or redact(shlex.join(list(words)))
     try:
         handler: Callable[[argparse.Namespace], int] = args.handler
         return handler(args)
     except NegbenchError as e:
         what = "run failed" if e.exit_code == EXIT_FAILED else "error"
-        sys.stderr.write(f"{name}: {what}: {one_line(e)}\n")
+        sys.stderr.write(f"{name}: {what}: {redact(one_line(e))}\n")
         return e.exit_code
     except KeyboardInterrupt:
         sys.stderr.write(f"{name}: interrupted{getattr(args, 'on_interrupt', '')}\n")

@@ -51,12 +51,14 @@ def apply_thread_share() -> None:
 
 
 def run_children(commands: Sequence[list[str]], on_event: Callable[[int, dict], None],
-                 envs: Sequence[dict[str, str]] | None = None) -> list[int]:
-    """Run ``commands`` as child processes (``envs``: default :func:`worker_env` of each),
-    pass their JSON event lines to ``on_event(i, event)``, return their exit codes. Their stderr
-    is left on ours."""
+                 envs: Sequence[dict[str, str]] | None = None,
+                 extra_env: dict[str, str] | None = None) -> list[int]:
+    """Run ``commands`` as child processes (``envs``: default :func:`worker_env` of each, plus
+    ``extra_env``: the URLs, which never go on a command line), pass their JSON event lines to
+    ``on_event(i, event)``, return their exit codes. Their stderr is left on ours."""
     n = len(commands)
     envs = envs if envs is not None else [worker_env(i, n) for i in range(n)]
+    envs = [{**e, **(extra_env or {})} for e in envs]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
              for cmd, env in zip(commands, envs, strict=True)]
     lock = threading.Lock()

@@ -34,6 +34,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from negbench import NegbenchError
+from negbench.harness.redact import redact
 
 DEFAULT_DIR = Path("negbench-runs")
 CELL_TAG = "negbench.cell"  # the tag naming the ablation cell a run is for
@@ -62,10 +63,32 @@ def default_uri(root: Path = DEFAULT_DIR) -> str:
     return f"sqlite:///{(root / 'mlflow.db').resolve()}"
 
 
+STORAGE_ENV = "NEGBENCH_STORAGE"  # the optuna storage (tune's studies, a worker's queue)
+TRACKING_ENV = "MLFLOW_TRACKING_URI"  # mlflow's own
+
+
+def env_storage(url: str | None) -> str | None:
+    """The storage URL in use: ``url`` (``--storage``, ``--queue``), else ``$NEGBENCH_STORAGE``,
+    else None. The environment keeps a password off the command line, where ``ps`` shows it to
+    every user of the machine."""
+    return url or os.environ.get(STORAGE_ENV) or None
+
+
+def url_env(storage: str | None, tracking_uri: str | None) -> dict[str, str]:
+    """The environment variables that hand a child process these URLs: children get URLs
+    through their environment, never their argv."""
+    env = {}
+    if storage:
+        env[STORAGE_ENV] = storage
+    if tracking_uri:
+        env[TRACKING_ENV] = tracking_uri
+    return env
+
+
 def resolve_uri(uri: str | None = None) -> str:
     """The tracking URI in use: ``uri``, else ``$MLFLOW_TRACKING_URI``, else the local sqlite
     store under ``./negbench-runs/``."""
-    return uri or os.environ.get("MLFLOW_TRACKING_URI") or default_uri()
+    return uri or os.environ.get(TRACKING_ENV) or default_uri()
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -73,11 +96,6 @@ def sqlite_path(url: str) -> Path | None:
     if url.startswith("sqlite:///") and len(url) > len("sqlite:///"):
         return Path(url[len("sqlite:///"):].split("?", 1)[0])
     return None
-
-
-def shown_url(url: str) -> str:
-    """A storage URL without its password."""
-    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
 
 
 def queue_url(tracking_uri: str | None) -> str:
@@ -114,8 +132,8 @@ def check_tracking_uri(uri: str) -> str:
     if base in TRACKING_SCHEMES or base in _plugin_schemes():
         return uri
     allowed = "; ".join(TRACKING_SCHEMES.values())
-    raise StoreError(f"{uri!r} is not a tracking URI mlflow can store runs at (unknown scheme "
-                     f"{scheme + '://'!r}); allowed: {allowed}")
+    raise StoreError(f"{redact(uri)!r} is not a tracking URI mlflow can store runs at (unknown "
+                     f"scheme {scheme + '://'!r}); allowed: {allowed}")
 
 
 def _plugin_schemes() -> set[str]:
@@ -180,7 +198,7 @@ def _client(resolved: str):
     try:
         return MlflowClient(tracking_uri=resolved)
     except MlflowException as e:
-        raise StoreError(f"tracking store {shown_url(resolved)!r}: cannot open it "
+        raise StoreError(f"tracking store {redact(resolved)!r}: cannot open it "
                          f"({str(e).strip().splitlines()[0][:300]})") from None
 
 
@@ -234,14 +252,14 @@ def open_optuna(url: str, *, heartbeat: int | None = None, grace: int | None = N
     import optuna
 
     db = sqlite_path(url)
-    shown = shown_url(url)
+    shown = redact(url)
     if db is not None:
         if not create and not db.is_file():
-            raise StoreError(f"{label} {url}: no such optuna database"
+            raise StoreError(f"{label} {shown}: no such optuna database"
                              + (f" ({missing})" if missing else ""))
         db.parent.mkdir(parents=True, exist_ok=True)
     elif not re.match(r"^[a-z][a-z0-9+]*://", url):
-        raise StoreError(f"{label} {url!r} is not a database URL; allowed: sqlite:///PATH or an "
+        raise StoreError(f"{label} {shown!r} is not a database URL; allowed: sqlite:///PATH or an "
                          "RDB URL such as postgresql://USER@HOST/DB")
     kwargs: dict[str, Any] = {}
     if db is not None:  # several local processes share the file: wait for its lock
@@ -286,7 +304,7 @@ def _rdb(url: str, shown: str, kwargs: dict, beats: dict, label: str):
 
 
 def _first(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
+    lines = redact(str(e)).strip().splitlines()
     return lines[0][:200] if lines else ""
 
 
@@ -301,6 +319,7 @@ def _begin_immediate(engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-__all__ = ["CELL_TAG", "DEFAULT_DIR", "StoreError", "check_tracking_uri", "close_runs",
-           "completed", "default_uri", "file_lock", "mlflow_client", "open_optuna", "queue_url",
-           "quiet", "resolve_uri", "search_runs", "shown_url", "sqlite_path"]
+__all__ = ["CELL_TAG", "DEFAULT_DIR", "STORAGE_ENV", "TRACKING_ENV", "StoreError",
+           "check_tracking_uri", "close_runs", "completed", "default_uri", "env_storage",
+           "file_lock", "mlflow_client", "open_optuna", "queue_url", "quiet", "redact",
+           "resolve_uri", "search_runs", "sqlite_path", "url_env"]

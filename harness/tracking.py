@@ -22,6 +22,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from negbench.harness.redact import redact
 from negbench.harness.store import (
     DEFAULT_DIR,
     default_uri,
@@ -173,11 +174,11 @@ class Tracker:
 def command_line() -> str:
     """The command that produced a run: the user's ``negbench ...`` line (``harness.console``
     records it in ``NEGBENCH_COMMAND`` while a command runs; worker processes inherit it), else
-    this process's."""
+    this process's; every URL's password replaced by ``***``."""
     cmd = os.environ.get("NEGBENCH_COMMAND")
     if cmd:
-        return cmd
-    return shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else "unknown"
+        return redact(cmd)
+    return redact(shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])) if sys.argv else "unknown"
 
 
 def run_tags(cfg, device: str) -> dict[str, str]:

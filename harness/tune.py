@@ -109,6 +109,8 @@ from typing import Any
 
 from negbench.harness.console import add_tracking_uri, console, main_of, progress
 from negbench.harness.pool import apply_thread_share, run_children
+from negbench.harness.redact import redact
+from negbench.harness.store import env_storage, resolve_uri, url_env
 from negbench.harness.tune_settings import (
     DEFAULT_CHECKPOINTS,
     DEFAULT_EXPERIMENT,
@@ -169,9 +171,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="fractions of the budget where a trial reports its validation kNN "
                         "accuracy and may be pruned (default 0.25,0.5,0.75)")
     p.add_argument("--storage", default=None, metavar="URL",
-                   help="optuna storage (default sqlite:///negbench-runs/optuna.db); an RDB "
-                        "URL such as postgresql://USER:PASS@HOST/DB to share studies between "
-                        "machines")
+                   help="optuna storage (default: $NEGBENCH_STORAGE, else "
+                        "sqlite:///negbench-runs/optuna.db); an RDB URL such as "
+                        "postgresql://USER@HOST/DB to share studies between machines (keep a "
+                        "password out of the command line: $NEGBENCH_STORAGE or ~/.pgpass)")
     p.add_argument("--study", default=DEFAULT_PREFIX, metavar="PREFIX",
                    help="study name prefix: studies are PREFIX:SUITE:STRATEGY (default tune)")
     p.add_argument("--workers", type=int, default=1,
@@ -233,7 +236,7 @@ def job_from_args(args):
         sets["device"] = args.device
     if args.workers < 1:
         raise ConfigError(f"--workers must be >= 1; got {args.workers}")
-    storage = args.storage or default_storage()
+    storage = env_storage(args.storage) or default_storage()
     db = sqlite_path(storage)
     if db is not None and not db.is_absolute():  # workers and joiners see the same file
         storage = f"sqlite:///{db.resolve()}"
@@ -247,14 +250,12 @@ def job_from_args(args):
 
 
 def cmd_tune(args) -> int:
-    from negbench.harness.store import shown_url
-    from negbench.harness.tracking import resolve_uri
     from negbench.harness.tune_job import tally
     from negbench.harness.tune_report import export_best, summarize, summary_tables
     from negbench.harness.tune_study import open_studies, work
 
     if args.export:
-        storage = args.storage or default_storage()
+        storage = env_storage(args.storage) or default_storage()
         written = export_best(storage, args.study, args.export)
         out = console(stderr=False)
         for s in written:
@@ -310,7 +311,8 @@ def cmd_tune(args) -> int:
         if args.workers == 1:
             work(studies, on_event)
         else:
-            codes = run_children(worker_commands(args, job), lambda w, ev: on_event(ev, w))
+            codes = run_children(worker_commands(args, job), lambda w, ev: on_event(ev, w),
+                                 extra_env=url_env(job.storage, resolve_uri(job.tracking_uri)))
             for w, code in enumerate(codes):
                 if code != 0:
                     failures.append(f"worker {w}: exited with status {code}")
@@ -325,29 +327,30 @@ def cmd_tune(args) -> int:
         out.print(t)
     for line in failures:
         out.print(f"[red]failed[/red] {line}", highlight=False)
-    out.print(f"tuning wall-clock {wall:,.1f} s; studies in {shown_url(job.storage)} "
+    out.print(f"tuning wall-clock {wall:,.1f} s; studies in {redact(job.storage)} "
               f"(prefix {job.prefix!r}), runs in mlflow experiment {job.experiment!r} at "
-              f"{resolve_uri(job.tracking_uri)}", highlight=False)
+              f"{redact(resolve_uri(job.tracking_uri))}", highlight=False)
     incomplete = [s.name for s in summaries if s.tally.counted < job.trials or s.best is None]
     return 1 if incomplete else 0
 
 
 def worker_commands(args, job) -> list[list[str]]:
     """The command lines of ``--workers N`` local workers on the job's studies (``python -m
-    negbench.harness.tune ... --worker i/n --events``)."""
+    negbench.harness.tune ... --worker i/n --events``). The storage and tracking URLs are not on
+    them: the children get those through their environment
+    (:func:`~negbench.harness.store.url_env`)."""
     base = [sys.executable, "-m", "negbench.harness.tune", "--suite", ",".join(job.suites),
             "--strategy", ",".join(job.strategies), "--trials", str(job.trials),
             "--seed", str(job.seed), "--pruner", job.pruner,
             "--prune-after", str(job.prune_after),
-            "--checkpoints", ",".join(map(str, job.checkpoints)), "--storage", job.storage,
+            "--checkpoints", ",".join(map(str, job.checkpoints)),
             "--study", job.prefix, "--experiment", job.experiment,
             "--heartbeat", str(job.heartbeat), "--events"]
     if args.budget:
         base += ["--budget", args.budget]
     for s in args.sets:
         base += ["--set", s]
-    for opt, v in (("--tracking-uri", job.tracking_uri), ("--data-dir", job.data_dir),
-                   ("--device", args.device)):
+    for opt, v in (("--data-dir", job.data_dir), ("--device", args.device)):
         if v:
             base += [opt, v]
     n = args.workers

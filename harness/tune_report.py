@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from negbench.harness.config import ConfigError
-from negbench.harness.store import shown_url
+from negbench.harness.redact import redact
 from negbench.harness.tune_job import Tally, counts, open_storage, quiet_optuna, tally
 from negbench.harness.tune_settings import ATTR_DEFAULT, ATTR_SETTINGS
 
@@ -94,14 +94,14 @@ def export_best(storage_url: str, prefix: str, path: str | Path) -> list[Summary
                    if n.startswith(f"{prefix}:") and n.count(":") == 2)
     if not names:
         raise ConfigError(f"no study named {prefix}:SUITE:STRATEGY in "
-                          f"{shown_url(storage_url)} (see --study)")
+                          f"{redact(storage_url)} (see --study)")
     summaries = [summarize(optuna.load_study(study_name=n, storage=storage)) for n in names]
     written = [s for s in summaries if s.best is not None]
     if not written:
         raise ConfigError(f"none of the {len(names)} studies under {prefix!r} in "
-                          f"{shown_url(storage_url)} has a completed trial yet")
+                          f"{redact(storage_url)} has a completed trial yet")
     lines = [f"# the best configuration of each study {prefix}:SUITE:STRATEGY in "
-             f"{shown_url(storage_url)}, written by `negbench tune --export`",
+             f"{redact(storage_url)}, written by `negbench tune --export`",
              "# values: the searched dotted run keys of the best completed trial (validation kNN "
              "accuracy);",
              "# an ablation spec applies them with: tuned = \"<this file>\""]

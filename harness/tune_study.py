@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from negbench.harness.config import ConfigError, build_config
-from negbench.harness.store import mlflow_client, shown_url
+from negbench.harness.redact import redact
+from negbench.harness.store import mlflow_client
 from negbench.harness.tune_job import Job, Tally, claims, counts, open_storage, quiet_optuna, tally
 from negbench.harness.tune_report import summarize
 from negbench.harness.tune_settings import (
@@ -87,9 +88,9 @@ class StudyWork:
                                                pruner=self._pruner())
             except KeyError:
                 raise ConfigError(f"study {self.name!r} does not exist in "
-                                  f"{shown_url(job.storage)}") from None
+                                  f"{redact(job.storage)}") from None
         if self.study.direction != direction:
-            raise ConfigError(f"study {self.name!r} in {shown_url(job.storage)} is not a "
+            raise ConfigError(f"study {self.name!r} in {redact(job.storage)} is not a "
                               "maximisation; use another --study prefix")
         stored = self.study.user_attrs.get(ATTR_SETTINGS)
         if stored is None:
@@ -102,7 +103,7 @@ class StudyWork:
             diff = [k for k in self.settings
                     if json.loads(json.dumps(self.settings[k])) != stored.get(k)]
             k = diff[0] if diff else "settings"
-            raise ConfigError(f"study {self.name!r} in {shown_url(job.storage)} was created with "
+            raise ConfigError(f"study {self.name!r} in {redact(job.storage)} was created with "
                               f"{k} = {stored.get(k)!r}, not {self.settings.get(k)!r}; resume "
                               f"it with the same settings, or tune under another --study prefix")
         self._closed: set[int] = set()
@@ -194,7 +195,7 @@ class StudyWork:
         tracker = Tracker(self.job.tracking_uri, self.job.experiment)
         client = tracker.client
         found = self._find_parent(tracker)
-        tags = {"trials": str(self.job.trials), "storage": shown_url(self.job.storage)}
+        tags = {"trials": str(self.job.trials), "storage": redact(self.job.storage)}
         if found is not None:
             self.parent_id = found.info.run_id
             if found.info.status != "RUNNING":

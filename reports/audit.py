@@ -9,6 +9,7 @@ import time
 
 import pandas as pd
 
+from negbench.harness.redact import redact
 from negbench.reports.data import COMMAND_TAG
 from negbench.reports.format import Table, fmt
 
@@ -81,8 +82,8 @@ def provenance_table(finished: pd.DataFrame) -> tuple[Table, dict]:
     rows, data = [], {}
     for label, key in items:
         counts: dict[str, int] = {}
-        for t in tags:
-            v = t.get(key, "")
+        for t in tags:  # a run recorded before commands were redacted shows no password either
+            v = redact(t.get(key, ""))
             counts[v] = counts.get(v, 0) + 1
         shown = []
         for v, c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):

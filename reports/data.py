@@ -25,6 +25,7 @@ from urllib.request import url2pathname
 import pandas as pd
 
 from negbench.harness.config import ConfigError
+from negbench.harness.redact import redact
 
 TUNED_TAG = "negbench.tuned"
 SWEEP_TAG = "negbench.sweep"  # a spec's sweep point: the run's section is "SUITE (POINT)"
@@ -94,8 +95,8 @@ def latest_experiment(uri: str | None) -> str:
                            max_results=1)
         if latest:
             return exps[latest[0].info.experiment_id]
-    raise ConfigError(f"no runs in the tracking store {resolve_uri(uri)}: run `negbench ablate "
-                      "SPEC` or `negbench run` first, or pass --tracking-uri")
+    raise ConfigError(f"no runs in the tracking store {redact(resolve_uri(uri))}: run "
+                      "`negbench ablate SPEC` or `negbench run` first, or pass --tracking-uri")
 
 
 def parse_items(record) -> dict[str, str | None]:
@@ -205,8 +206,8 @@ def load(uri: str | None, experiment: str) -> Runs:
     c = client(uri)
     exp = c.get_experiment_by_name(experiment)
     if exp is None:
-        raise ConfigError(f"no experiment {experiment!r} in {resolve_uri(uri)}; experiments "
-                          f"with runs: {_name_list(experiments(uri))}")
+        raise ConfigError(f"no experiment {experiment!r} in {redact(resolve_uri(uri))}; "
+                          f"experiments with runs: {_name_list(experiments(uri))}")
     runs = _all_runs(c, [exp.experiment_id])
     rows, ignored = [], {}
     for r in runs:
@@ -253,7 +254,7 @@ def load(uri: str | None, experiment: str) -> Runs:
         raise ConfigError(f"experiment {experiment!r} has no finished negbench run "
                           f"({len(runs)} run(s) in all); experiments with runs: "
                           f"{_name_list(experiments(uri))}")
-    return Runs(experiment, exp.experiment_id, resolve_uri(uri), frame, ignored)
+    return Runs(experiment, exp.experiment_id, redact(resolve_uri(uri)), frame, ignored)
 
 
 def latest_per_seed(finished: pd.DataFrame) -> tuple[pd.DataFrame, int]:

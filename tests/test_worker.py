@@ -7,19 +7,13 @@ others use a sqlite file as the queue, which optuna's RDB storage also serves.
 
 from __future__ import annotations
 
-import glob
 import os
-import pwd
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
-from conftest import experiment_runs, mlflow_uri
+from conftest import experiment_runs, mlflow_uri, postgres_server
 from conftest import write_spec as write
 from mlflow import MlflowClient
 
@@ -48,66 +42,16 @@ def cells_of(runs: list) -> list[str]:
 
 
 # --------------------------------------------------------------------------- PostgreSQL
-def _pg_bindir() -> str | None:
-    found = shutil.which("initdb")
-    if found:
-        return str(Path(found).resolve().parent)
-    dirs = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    return str(Path(dirs[-1]).parent) if dirs else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def postgres_url():
     """A database on a real PostgreSQL server: $NEGBENCH_TEST_POSTGRES if set, else a throw-away
-    server started here (as the `postgres` user when we are root: the server refuses root)."""
+    server started here (conftest.postgres_server)."""
     if os.environ.get("NEGBENCH_TEST_POSTGRES"):
         yield os.environ["NEGBENCH_TEST_POSTGRES"]
         return
-    try:
-        import psycopg2
-    except ImportError:
-        pytest.skip("psycopg2 is not installed (the dev extra brings psycopg2-binary)")
-    bindir = _pg_bindir()
-    if bindir is None:
-        pytest.skip("no PostgreSQL server here (initdb not found): `bash scripts/bootstrap.sh "
-                    "--dev` installs Debian's postgresql when run as root; or set "
-                    "NEGBENCH_TEST_POSTGRES=postgresql+psycopg2://user@host/db")
-    as_user: list[str] = []
-    if os.geteuid() == 0:
-        try:
-            pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.skip("running as root and no `postgres` user to run the server as")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    root = tempfile.mkdtemp(prefix="negbench-pg-")
-    if as_user:
-        shutil.chown(root, "postgres", "postgres")
-    data, port = os.path.join(root, "data"), _free_port()
-    subprocess.run([*as_user, f"{bindir}/initdb", "-D", data, "-U", "negbench", "-A", "trust",
-                    "--no-sync"], check=True, capture_output=True)
-    opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
-    start = subprocess.run([*as_user, f"{bindir}/pg_ctl", "-D", data, "-l",
-                            os.path.join(root, "log"), "-o", opts, "-w", "-t", "60", "start"],
-                           capture_output=True, text=True)
-    try:
-        if start.returncode != 0:
-            log = Path(root, "log").read_text() if Path(root, "log").exists() else ""
-            pytest.fail(f"the PostgreSQL server did not start: {start.stderr}{log[-2000:]}")
-        con = psycopg2.connect(host="127.0.0.1", port=port, user="negbench", dbname="postgres")
-        con.autocommit = True
-        con.cursor().execute("CREATE DATABASE queue")
-        con.close()
+    with postgres_server(databases=("queue",)) as port:
         yield f"postgresql+psycopg2://negbench@127.0.0.1:{port}/queue"
-    finally:
-        subprocess.run([*as_user, f"{bindir}/pg_ctl", "-D", data, "-m", "immediate", "stop"],
-                       capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
+
 
 
 def test_two_workers_on_postgresql_split_the_grid_without_overlap(tmp_path, postgres_url):
