@@ -367,7 +367,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 # that importing this module, to build the parser, imports neither torch nor optuna)
 _API = {
     "negbench.harness.tune_settings": ("ATTR_DEFAULT", "ATTR_FAILURE", "ATTR_RUN",
-                                       "ATTR_SETTINGS", "ATTR_SURPLUS", "DEFAULT_STORAGE_DIR",
+                                       "ATTR_ORIGIN", "ATTR_SETTINGS", "ATTR_SURPLUS",
+                                       "DEFAULT_STORAGE_DIR",
                                        "GRACE_BEATS", "INTERMEDIATE", "NUISANCE", "POLL_SECONDS",
                                        "TAG_DEFAULT", "TAG_PRUNED", "TAG_ROLE", "TAG_STUDY",
                                        "TAG_TRIAL", "study_name"),

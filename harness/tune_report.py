@@ -14,7 +14,7 @@ from typing import Any
 from negbench.harness.config import ConfigError
 from negbench.harness.redact import redact
 from negbench.harness.tune_job import Tally, counts, open_storage, quiet_optuna, tally
-from negbench.harness.tune_settings import ATTR_DEFAULT, ATTR_SETTINGS
+from negbench.harness.tune_settings import ATTR_DEFAULT, ATTR_ORIGIN, ATTR_SETTINGS
 
 
 @dataclass
@@ -29,6 +29,7 @@ class Summary:
     best_params: dict[str, Any]
     seconds: float
     settings: dict
+    origin: dict  # {"command", "commit"} of the process that created the study ({} before)
 
     @property
     def gain(self) -> float | None:
@@ -50,7 +51,7 @@ def summarize(study) -> Summary:
     return Summary(study.study_name, suite, strategy, tally(trials), default,
                    None if best is None else best.value, None if best is None else best.number,
                    {} if best is None else dict(best.params), seconds,
-                   study.user_attrs.get(ATTR_SETTINGS, {}))
+                   study.user_attrs.get(ATTR_SETTINGS, {}), study.user_attrs.get(ATTR_ORIGIN, {}))
 
 
 def summary_tables(summaries: list[Summary], trials_wanted: int | None = None) -> list:
@@ -100,8 +101,11 @@ def export_best(storage_url: str, prefix: str, path: str | Path) -> list[Summary
     if not written:
         raise ConfigError(f"none of the {len(names)} studies under {prefix!r} in "
                           f"{redact(storage_url)} has a completed trial yet")
+    from negbench.harness.tracking import command_line, git_commit
+
     lines = [f"# the best configuration of each study {prefix}:SUITE:STRATEGY in "
              f"{redact(storage_url)}, written by `negbench tune --export`",
+             f"# exported by: {command_line()} (negbench commit {git_commit()})",
              "# values: the searched dotted run keys of the best completed trial (validation kNN "
              "accuracy);",
              "# an ablation spec applies them with: tuned = \"<this file>\""]
@@ -114,6 +118,8 @@ def export_best(storage_url: str, prefix: str, path: str | Path) -> list[Summary
                   f"# tuned under budget {s.settings.get('budget', '?')}, seed "
                   f"{s.settings.get('seed', '?')}"
                   + "".join(f", --set {k}={v}" for k, v in s.settings.get("sets", {}).items()),
+                  f"# tuned by: {redact(s.origin.get('command', 'not recorded'))} (negbench "
+                  f"commit {s.origin.get('commit', 'not recorded')})",
                   f"[{_toml_key(s.suite)}.{_toml_key(s.strategy)}]"]
         for k, v in sorted(s.best_params.items()):
             lines.append(f"{_toml_key(k)} = {_toml_value(v)}")

@@ -28,6 +28,8 @@ ATTR_FAILURE = "negbench.failure"
 ATTR_SURPLUS = "negbench.surplus"
 ATTR_RUN = "mlflow.run_id"
 ATTR_SETTINGS = "negbench.settings"
+# who created a study: {"command": the tuning command, redacted; "commit": negbench's git commit}
+ATTR_ORIGIN = "negbench.origin"
 TAG_ROLE = "negbench.role"
 TAG_STUDY = "optuna.study"
 TAG_TRIAL = "optuna.trial"

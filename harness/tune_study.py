@@ -21,6 +21,7 @@ from negbench.harness.tune_report import summarize
 from negbench.harness.tune_settings import (
     ATTR_DEFAULT,
     ATTR_FAILURE,
+    ATTR_ORIGIN,
     ATTR_RUN,
     ATTR_SETTINGS,
     ATTR_SURPLUS,
@@ -95,6 +96,10 @@ class StudyWork:
         stored = self.study.user_attrs.get(ATTR_SETTINGS)
         if stored is None:
             self.study.set_user_attr(ATTR_SETTINGS, self.settings)
+            from negbench.harness.tracking import command_line, git_commit
+
+            self.study.set_user_attr(ATTR_ORIGIN, {"command": command_line(),
+                                                   "commit": git_commit()})
             if not self.study.get_trials(deepcopy=False):
                 self.study.enqueue_trial(self.defaults, user_attrs={ATTR_DEFAULT: True})
                 for params in job.enqueue:

@@ -285,6 +285,9 @@ def test_export_then_ablate_uses_exactly_the_exported_values(small, tmp_path):
     st = study(d, "hcl")
     assert f"# study tune:digits:hcl: best val kNN {st.best_value:.4f}" in text
     assert "5 trials (5 complete, 0 pruned, 0 failed)" in text
+    # provenance: the command that tuned each study, the export's own, and their commits
+    assert "# tuned by: negbench tune --suite digits --strategy " in text
+    assert "# exported by: negbench tune --export " in text and "negbench commit " in text
     exported = tomllib.loads(text)
     assert exported == {"digits": {"hcl": st.best_params}}
     spec = tmp_path / "specs" / "ablation.toml"
