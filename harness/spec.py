@@ -9,7 +9,8 @@ Format (every key but ``suites`` and ``strategies`` optional)::
     seeds = 3                        # a count (seeds 0..2) or a list of seeds
     budget = "samples=60000"         # one budget for every cell; default: each suite's own
     tuned = "tuned.toml"             # a `negbench tune --export` file (path relative to this
-                                     # spec): its values for a (suite, strategy) apply to those
+                                     # spec), or a list of them (each (suite, strategy) in one
+                                     # file): its values for a (suite, strategy) apply to those
                                      # cells
 
     [objective]                      # the objective of every cell (objective.* keys)
@@ -105,9 +106,10 @@ class Spec:
     overrides: dict[str, Any]
     per_strategy: dict[str, dict[str, Any]]
     per_suite: dict[str, dict[str, Any]]
-    tuned_path: str | None = None  # the `tuned` file, as found (relative to the spec)
+    tuned_path: str | None = None  # the `tuned` file(s), as found (relative to the spec), "; "
     tuned: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # suite/strategy
     sweep: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # dotted key -> values
+    tuned_files: dict[str, dict[str, str]] = field(default_factory=dict)  # suite/strategy: file
 
     def points(self) -> list[dict[str, Any]]:
         """Every combination of the sweep's values ([{}] without a sweep)."""
@@ -141,8 +143,9 @@ class Spec:
         tags = {}
         if tuned is not None:
             sets.update({k: _text(v) for k, v in tuned.items()})
-            tags[TUNED_TAG] = Path(self.tuned_path).name
-            where += f" (with the tuned values of {self.tuned_path} [{suite}.{strategy}])"
+            path = self.tuned_files.get(suite, {}).get(strategy, self.tuned_path)
+            tags[TUNED_TAG] = Path(path).name
+            where += f" (with the tuned values of {path} [{suite}.{strategy}])"
         if point:
             label = ", ".join(f"{k}={_text(v)}" for k, v in point.items())
             sets.update({k: _text(v) for k, v in point.items()})
@@ -259,14 +262,27 @@ def load_spec(path: str | Path) -> Spec:
     for sname, table in per_suite.items():
         if "budget" in table:
             _check_budget(table["budget"], f"suite.{sname}.budget", where)
-    tuned_path, tuned = None, {}
+    tuned_path, tuned, tuned_files = None, {}, {}
     if "tuned" in raw:
-        tuned_path, tuned = _load_tuned(raw["tuned"], p, where)
-        _check_tuned_conflicts(tuned, tuned_path, per_strategy, per_suite, su, st, where)
+        files = raw["tuned"] if isinstance(raw["tuned"], list) and raw["tuned"] else [raw["tuned"]]
+        shown_all = []
+        for value in files:
+            shown, one = _load_tuned(value, p, where)
+            _check_tuned_conflicts(one, shown, per_strategy, per_suite, su, st, where)
+            shown_all.append(shown)
+            for suite_name, per in one.items():
+                for strategy_name, table in per.items():
+                    if strategy_name in tuned.get(suite_name, {}):
+                        raise SpecError(f"{where}: tuned: [{suite_name}.{strategy_name}] is in "
+                                        f"both {tuned_files[suite_name][strategy_name]} and "
+                                        f"{shown}; keep it in one file")
+                    tuned.setdefault(suite_name, {})[strategy_name] = table
+                    tuned_files.setdefault(suite_name, {})[strategy_name] = shown
+        tuned_path = "; ".join(shown_all)
     sweep = _sweep(raw.get("sweep", {}), objective, overrides, per_strategy, per_suite, tuned,
                    where)
     spec = Spec(where, name.strip(), su, st, seed_list, budget, objective, overrides,
-                per_strategy, per_suite, tuned_path, tuned, sweep)
+                per_strategy, per_suite, tuned_path, tuned, sweep, tuned_files)
     spec.cells()  # resolve every cell now: a bad knob fails before anything runs
     return spec
 
@@ -335,7 +351,8 @@ def _load_tuned(value: Any, spec_path: Path, where: str) -> tuple[str, dict]:
     -> dotted key -> value)."""
     if not isinstance(value, str) or not value.strip():
         raise SpecError(f"{where}: tuned must be a file name (a `negbench tune --export` file, "
-                        "relative to this spec), e.g. tuned = \"tuned.toml\"")
+                        "relative to this spec), e.g. tuned = \"tuned.toml\", or a list of "
+                        "them")
     path = Path(value)
     if not path.is_absolute():
         path = spec_path.parent / path

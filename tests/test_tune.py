@@ -337,6 +337,25 @@ def test_a_bad_tuned_file_is_a_spec_error_naming_it(tmp_path, tuned, spec_extra,
     assert "\n" not in msg
 
 
+def test_a_spec_reads_one_tuned_file_per_suite(tmp_path):
+    (tmp_path / "tuned").mkdir()
+    (tmp_path / "tuned" / "digits.toml").write_text('[digits.hcl]\n"strategy.beta" = 0.7\n')
+    (tmp_path / "tuned" / "bbc-news.toml").write_text('[bbc-news.hcl]\n"optim.lr" = 1e-4\n')
+    spec = tmp_path / "s.toml"
+    spec.write_text('suites = ["digits", "bbc-news"]\nstrategies = ["hcl", "in-batch"]\n'
+                    'tuned = ["tuned/digits.toml", "tuned/bbc-news.toml"]\n')
+    cells = {(c.config.suite, c.config.strategy): c for c in load_spec(spec).cells()}
+    assert cells["digits", "hcl"].config.strategy_cfg.beta == 0.7
+    assert cells["digits", "hcl"].tags == {"negbench.tuned": "digits.toml"}
+    assert cells["bbc-news", "hcl"].config.optim.lr == 1e-4
+    assert cells["bbc-news", "hcl"].config.strategy_cfg.beta != 0.7
+    assert cells["bbc-news", "hcl"].tags == {"negbench.tuned": "bbc-news.toml"}
+    assert cells["digits", "in-batch"].tags == {}
+    (tmp_path / "tuned" / "bbc-news.toml").write_text('[digits.hcl]\n"optim.lr" = 1e-4\n')
+    with pytest.raises(SpecError, match=r"\[digits.hcl\] is in both .*digits.toml and"):
+        load_spec(spec)
+
+
 def test_a_tuned_value_equal_to_the_spec_is_no_conflict(tmp_path):
     (tmp_path / "t.toml").write_text('[digits.hcl]\n"strategy.beta" = 0.5\n"optim.lr" = 1e-3\n')
     spec = tmp_path / "s.toml"
@@ -393,3 +412,25 @@ def test_two_local_workers_share_the_studies_exactly(tmp_path):
         assert sorted(trial_runs(tmp_path, f"tune:digits:{name}")) == sorted(
             t.number for t in counted)
     assert all(math.isfinite(t.value) for t in study(tmp_path, "hcl").trials)
+
+
+def test_the_shipped_tuning_script_writes_a_file_a_spec_reads(tmp_path):
+    """scripts/tune_shipped.sh at a tiny budget: a tuned file per suite, headed by the commands
+    and commit that produced it, which a spec reads (the shipped files are made the same way,
+    at the full budget)."""
+    out = tmp_path / "tuned"
+    env = {**os.environ, "TRIALS": "2", "BUDGET": "samples=512", "STRATEGIES": "in-batch,hcl",
+           "OUT": str(out), "NEGBENCH_STORAGE": f"sqlite:///{tmp_path / 'optuna.db'}",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    p = subprocess.run(["bash", str(ROOT / "scripts" / "tune_shipped.sh"), "digits"], env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    text = (out / "digits.toml").read_text()
+    assert "# tuned by: negbench tune --suite digits --strategy in-batch,hcl --trials 2" in text
+    assert "--study shipped-digits" in text and "negbench commit " in text
+    assert set(tomllib.loads(text)["digits"]) == {"in-batch", "hcl"}
+    spec = tmp_path / "s.toml"
+    spec.write_text('suites = ["digits"]\nstrategies = ["hcl"]\n'
+                    f'tuned = ["{out / "digits.toml"}"]\n')
+    (cell,) = load_spec(spec).cells()
+    assert cell.tags == {"negbench.tuned": "digits.toml"}
