@@ -7,7 +7,9 @@ with accuracy, representation health and the run's verdict (ok, degraded, collap
 
 Runs are recorded in mlflow like any other run (floors are measured once per suite and seed
 and reused), and a Markdown table is printed at the end, one row per (suite, strategy), the
-floors of each suite first.
+floors of each suite first. Each run carries its cell key (``negbench.cell``, the hash of its
+resolved config): rerun after an interruption, the script reads the runs already FINISHED in
+the experiment instead of training them again.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import time
 from negbench import strategies
 from negbench.harness.config import build_config, parse_budget, parse_sets
 from negbench.harness.runner import HEALTH_REASON_TAG, HEALTH_TAG, run
+from negbench.harness.spec import cell_key
+from negbench.harness.store import CELL_TAG, completed
 
 COLUMNS = ("knn_acc", "linear_acc", "retrieval_r1", "align", "uniform", "rankme", "hardness",
            "fnr")
@@ -43,17 +47,27 @@ def main() -> None:
     budget = parse_budget(args.budget) if args.budget else None
     sets = parse_sets(args.sets)
     rows = []
+    done = completed(args.tracking_uri, args.experiment)
     for suite in args.suites:
         for name in names:
             cfg = build_config(suite, name, seed=args.seed, budget=budget, sets=sets)
+            key = cell_key(cfg)
             t = time.perf_counter()
-            r = run(cfg, tracking_uri=args.tracking_uri, experiment=args.experiment)
-            m = r.metrics
-            rows.append((suite, name, cfg, m, r.health, r.health_reason))
+            if key in done:  # finished before an interruption: read, not trained again
+                old = done[key]
+                m = dict(old.data.metrics)
+                verdict = old.data.tags.get(HEALTH_TAG, "")
+                reason = old.data.tags.get(HEALTH_REASON_TAG, "")
+            else:
+                r = run(cfg, tracking_uri=args.tracking_uri, experiment=args.experiment,
+                        extra_tags={CELL_TAG: key})
+                m, verdict, reason = r.metrics, r.health, r.health_reason
+            rows.append((suite, name, cfg, m, verdict, reason))
             print(f"{suite:13s} {name:12s} {cfg.budget.kind}={cfg.budget.amount:g} "
                   f"kNN {_f(m['knn_acc'])} (floor {_f(m.get('floor_knn_acc'))}) "
                   f"uniform {_f(m.get('uniform'), 3)} RankMe {_f(m.get('rankme'), 1)} "
-                  f"-> {r.health} ({time.perf_counter() - t:.0f} s)", flush=True)
+                  f"-> {verdict} ({time.perf_counter() - t:.0f} s"
+                  f"{', recorded before' if key in done else ''})", flush=True)
     print(f"\nverdict tags: {HEALTH_TAG}, reason in {HEALTH_REASON_TAG}\n")
     print("| suite | strategy | budget | " + " | ".join(COLUMNS) + " | verdict | reason |")
     print("|" + "---|" * (len(COLUMNS) + 5))
