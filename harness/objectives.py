@@ -13,6 +13,11 @@ meters reuse them instead of multiplying the embeddings a second time.
       loss = -log( e^{s_p/tau} / (e^{s_p/tau} + N_g) )
 
   With unit weights and tau+ = 0, N_g is the plain sum and the loss is ordinary InfoNCE.
+  ``hardness_alpha`` = alpha > 0 adds alpha * stopgrad(s_n) to each negative's logit
+  s_n / tau (hardness weighting, as recent text-embedding recipes train with): the same as a
+  per-negative weight e^{alpha sg(s_n)} on the denominator's terms, which is how it is applied
+  (times any weights of the strategy). 0 is plain InfoNCE. It is refused with HCL's tilt (both
+  reweight negatives by their hardness) and with several positives (SupCon).
 - ``triplet``: the triplet-margin loss (Schroff et al. 2015) on unit-sphere distances,
   averaged over every selected (anchor, negative) pair with the strategy's weights.
 """
@@ -33,11 +38,16 @@ class ObjectiveError(NegbenchError, ValueError):
     pass
 
 
+# e^{alpha s} <= e^20 ~ 5e8 keeps every weighted term finite in float32 (with e^{s/tau} <= e^40)
+MAX_ALPHA = 20.0
+
+
 @dataclass(frozen=True)
 class ObjectiveConfig:
     name: str = "infonce"  # infonce | triplet
     temperature: float = 0.2  # tau of InfoNCE
     margin: float = 0.5  # m of the triplet loss, on distances between unit vectors (in [0, 2])
+    hardness_alpha: float = 0.0  # infonce: + alpha * stopgrad(s_n) on each negative's logit
 
     def __post_init__(self):
         if self.name not in OBJECTIVES:
@@ -48,6 +58,11 @@ class ObjectiveConfig:
             raise ObjectiveError(f"objective.temperature must be > 0, got {self.temperature}")
         if not self.margin >= 0:
             raise ObjectiveError(f"objective.margin must be >= 0, got {self.margin}")
+        if not 0.0 <= self.hardness_alpha <= MAX_ALPHA:
+            raise ObjectiveError(f"objective.hardness_alpha must lie in [0, {MAX_ALPHA:g}], got "
+                                 f"{self.hardness_alpha}")
+        if self.hardness_alpha and self.name != "infonce":
+            raise ObjectiveError("objective.hardness_alpha applies to infonce only")
 
 
 @dataclass
@@ -153,10 +168,21 @@ def _supcon(negs: Negatives, tau: float) -> ObjectiveOut:
     return ObjectiveOut(loss=(log_denom - mean_pos).mean(), sim=sim.detach())
 
 
-def info_nce(negs: Negatives, temperature: float) -> ObjectiveOut:
-    tau = temperature
+def _hardness(w: Tensor, sim: Tensor, alpha: float) -> Tensor:
+    """(A, W) the weights ``w`` times e^{alpha stopgrad(s)}: alpha * sg(s_n) on each logit."""
+    return w * torch.exp(sim.detach() * alpha) if alpha else w
+
+
+def info_nce(negs: Negatives, temperature: float, hardness_alpha: float = 0.0) -> ObjectiveOut:
+    tau, alpha = temperature, hardness_alpha
     if negs.extra_positives is not None:
+        if alpha:
+            raise ObjectiveError("objective.hardness_alpha does not apply with several "
+                                 "positives (SupCon)")
         return _supcon(negs, tau)
+    if alpha and negs.tilt:
+        raise ObjectiveError("objective.hardness_alpha does not compose with HCL's tilt (both "
+                             "reweight the negatives by hardness); set one of them")
     a, p = negs.anchors, negs.positives
     sim = negs.similarity()  # (A, W)
     sel = negs.selected()  # (A, W)
@@ -164,6 +190,7 @@ def info_nce(negs: Negatives, temperature: float) -> ObjectiveOut:
     t, tp = negs.tilt, negs.tau_plus
     if 2.0 * (1.0 / tau + t) <= 80.0 and not (t and negs.is_weighted(tilt=False)):
         w = negs.selection_weights(sim.dtype, tilt=False)  # (A, W) the tilt applied below
+        w = _hardness(w, sim, alpha)  # (A, W)
         # (A,) negatives per anchor; a bool row sum straight into a float is much faster than
         # into int64
         n = sel.sum(1, dtype=sim.dtype) if (tp or t) else None
@@ -175,7 +202,7 @@ def info_nce(negs: Negatives, temperature: float) -> ObjectiveOut:
     # until its weight 0 zeroes it, and used ones lie strictly inside the clamp, so their
     # gradient passes. NOTE: no -inf fill: exp(-inf), and exp of anything that underflows, is
     # several times slower than exp of a normal number on CPUs.
-    w = negs.selection_weights(sim.dtype)  # (A, W)
+    w = _hardness(negs.selection_weights(sim.dtype), sim, alpha)  # (A, W)
     n = sel.sum(1, dtype=sim.dtype) if tp else None
     pos_l = pos / tau  # (A,)
     neg_l = sim / tau  # (A, W)
@@ -210,7 +237,7 @@ OBJECTIVES = ("infonce", "triplet")
 def make_objective(cfg: ObjectiveConfig):
     """A callable ``negs -> ObjectiveOut`` for the configured objective."""
     if cfg.name == "infonce":
-        return lambda negs: info_nce(negs, cfg.temperature)
+        return lambda negs: info_nce(negs, cfg.temperature, cfg.hardness_alpha)
     return lambda negs: triplet(negs, cfg.margin)
 
 

@@ -70,7 +70,7 @@ TOP_KEYS = ("name", "suites", "strategies", "seeds", "budget", "tuned", "objecti
             "overrides", "strategy", "suite", "sweep")
 TUNED_TAG = "negbench.tuned"
 SWEEP_TAG = "negbench.sweep"
-OBJECTIVE_KEYS = ("name", "temperature", "margin")
+OBJECTIVE_KEYS = ("name", "temperature", "margin", "hardness_alpha")
 
 
 class SpecError(NegbenchError, ValueError):

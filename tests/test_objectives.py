@@ -215,3 +215,50 @@ def test_a_tilt_equals_its_explicit_importance_weights(tilt_grad, tau_plus):
         torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-12)
     # the tilt changes the loss: it is not ignored
     assert not torch.isclose(loss, info_nce(replace(base, tilt=0.0), 0.3).loss)
+
+
+def _loop_hardness(negs: Negatives, tau: float, alpha: float) -> tuple[float, torch.Tensor]:
+    """InfoNCE with alpha * stopgrad(s_n) added to each negative's logit, written as that sum of
+    logits one anchor at a time; (loss, d loss / d anchors) by autograd through the loop."""
+    a = negs.anchors.detach().clone().requires_grad_(True)
+    total = torch.zeros((), dtype=a.dtype)
+    for i in range(a.shape[0]):
+        logits = [a[i] @ negs.positives[i] / tau]
+        for j in range(negs.width):
+            if bool(negs.selected()[i, j]):
+                row = j if negs.index is None else int(negs.index[i, j])
+                w = 1.0 if negs.weights is None else float(negs.weights[i, j])
+                s = a[i] @ negs.pool[row]
+                logits.append(s / tau + alpha * s.detach() + math.log(w))
+        total = total - (logits[0] - torch.logsumexp(torch.stack(logits), 0))
+    total = total / a.shape[0]
+    total.backward()
+    return total.item(), a.grad
+
+
+@pytest.mark.parametrize("weights", [False, True])
+@pytest.mark.parametrize("index", [False, True])
+@pytest.mark.parametrize("tau", [0.3, 0.01])  # the fused path and the small-tau path
+def test_hardness_alpha_matches_its_logit_form(weights, index, tau):
+    negs = _negs(weights=weights, index=index, seed=6)
+    want, want_grad = _loop_hardness(negs, tau, 2.5)
+    negs.anchors = negs.anchors.detach().clone().requires_grad_(True)
+    out = info_nce(negs, tau, hardness_alpha=2.5)
+    out.loss.backward()
+    assert out.loss.item() == pytest.approx(want, rel=1e-9)
+    torch.testing.assert_close(negs.anchors.grad, want_grad, rtol=1e-8, atol=1e-12)
+    plain = info_nce(negs, tau).loss.item()
+    assert out.loss.item() > plain  # harder negatives weigh more: the loss rises
+    assert info_nce(negs, tau, hardness_alpha=0.0).loss.item() == plain
+
+
+def test_hardness_alpha_config_and_what_it_refuses():
+    assert make_objective(ObjectiveConfig(hardness_alpha=1.0))
+    for bad in (dict(hardness_alpha=-1.0), dict(hardness_alpha=25.0),
+                dict(name="triplet", hardness_alpha=1.0)):
+        with pytest.raises(ObjectiveError):
+            ObjectiveConfig(**bad)
+    negs = _negs()
+    negs.tilt = 1.0
+    with pytest.raises(ObjectiveError, match="tilt"):
+        info_nce(negs, 0.3, hardness_alpha=1.0)
