@@ -84,3 +84,42 @@ def in_batch_same_class(q: Tensor, k: Tensor, ctx: StepContext,
     negs = in_batch_negatives(q, k, ctx.ids)
     y = ctx.labels[negs.pool_ids]  # (2B,) anchors and pool are the same views
     return negs, y[:, None] == y[None, :]  # (2B, 2B)
+
+
+# --------------------------------------------------------------------------- false-negative rules
+def rank_desc(s: Tensor, valid: Tensor) -> Tensor:
+    """(A, P) int64: each candidate's rank by similarity within its row, 0 the most similar;
+    the ``valid`` candidates rank before every invalid one (cosines lie in [-1, 1], so an
+    invalid entry shifted by -4 sorts after all of them)."""
+    key = torch.add(s, (~valid).to(s.dtype), alpha=-4.0)  # (A, P)
+    order = key.argsort(dim=1, descending=True)  # (A, P) columns, most similar first
+    ranks = torch.arange(s.shape[1], device=s.device).expand_as(order)  # (A, P)
+    return torch.empty_like(order).scatter_(1, order, ranks)
+
+
+def below_positive(s: Tensor, s_pos: Tensor, absolute: float, relative: float) -> Tensor:
+    """(A, P) bool: the candidates scored below the anchor's positive ``s_pos`` (A,) by the
+    margins: s_n < s_p - absolute (when absolute >= 0) and s_n < (1 - relative) s_p (when
+    relative >= 0); a negative margin turns that test off."""
+    keep = torch.ones_like(s, dtype=torch.bool)
+    if absolute >= 0:
+        keep &= s < (s_pos - absolute)[:, None]
+    if relative >= 0:
+        keep &= s < (s_pos * (1.0 - relative))[:, None]
+    return keep
+
+
+def pick_k(s: Tensor, keep: Tensor, k: int, how: str, generator: torch.Generator) -> Tensor:
+    """(A, P) bool: at most ``k`` of each row's ``keep`` candidates, the most similar
+    (``how="top"``) or uniformly at random (``"random"``); all of them when ``k`` is 0 or at
+    least P."""
+    p = s.shape[1]
+    if k <= 0 or k >= p:
+        return keep
+    if how == "top":
+        key = torch.add(s, keep.to(s.dtype), alpha=4.0)  # kept ones above all others
+    else:
+        u = torch.rand(s.shape, generator=generator, device=s.device, dtype=s.dtype)
+        key = u.add_(keep.to(s.dtype), alpha=4.0)  # (A, P) random order, kept first
+    top = key.topk(k, dim=1).indices  # (A, k)
+    return torch.zeros_like(keep).scatter_(1, top, keep.gather(1, top))

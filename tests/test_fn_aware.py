@@ -1,0 +1,128 @@
+"""The false-negative-aware strategies (issue 18) against loop references written from their
+papers' rules, one anchor and one candidate at a time."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import Table, make_ctx
+
+from negbench import strategies
+
+
+def _views(b: int = 12, d: int = 6, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    q = F.normalize(torch.randn(b, d, generator=g, dtype=torch.float64), dim=1)
+    # positives near their anchors, so the positive's score spans low and high values
+    k = F.normalize(q + 0.8 * torch.randn(b, d, generator=g, dtype=torch.float64), dim=1)
+    return q, k
+
+
+def _mine(name: str, q, k, seed: int = 0, **knobs):
+    cls = strategies.get(name)
+    strat = cls(cls.Config(**knobs), dim=q.shape[1], n_train=100)
+    ids = torch.arange(q.shape[0]) * 3
+    return strat.select(q, k, make_ctx(ids, Table(100, q.shape[1]), seed=seed))
+
+
+def _pairs(q, k):
+    """(anchors, positives, their ids) as SimCLR's symmetric selection lays them out."""
+    z = torch.cat([q, k])
+    ids = torch.cat([torch.arange(q.shape[0])] * 2)
+    return z, torch.cat([k, q]), ids
+
+
+# --------------------------------------------------------------------------- self-guided
+def _loop_self_guided(q, k, margin: float) -> torch.Tensor:
+    z, pos, ids = _pairs(q, k)
+    n = z.shape[0]
+    out = torch.zeros(n, n, dtype=torch.bool)
+    for a in range(n):
+        s_p = float(z[a] @ pos[a])
+        for c in range(n):
+            if ids[c] == ids[a]:
+                continue  # the anchor itself and its positive are never negatives
+            # GISTEmbed: a candidate the guide scores above the positive (by the margin) is a
+            # false negative and leaves the loss
+            out[a, c] = not float(z[a] @ z[c]) > s_p + margin
+    return out
+
+
+@pytest.mark.parametrize("margin", [0.1, 0.0, -0.2, 0.5])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_self_guided_matches_its_loop_reference(margin, seed):
+    q, k = _views(seed=seed)
+    negs = _mine("self-guided", q, k, margin=margin)
+    want = _loop_self_guided(q, k, margin)
+    assert torch.equal(negs.selected(), want)
+    if margin <= 0:
+        assert not want.all()  # the rule removed something here, so the test can fail
+    torch.testing.assert_close(negs.similarity(), negs.anchors @ negs.pool.T)
+
+
+# --------------------------------------------------------------------------- positive-aware
+def _loop_positive_aware(q, k, relative, absolute, range_min, range_max, K) -> torch.Tensor:
+    """sentence-transformers' mine_hard_negatives rule set, per anchor: rank the candidates by
+    score, keep ranks in [range_min, range_max), drop those not below the positive by the
+    margins, then the K hardest of what is left."""
+    z, pos, ids = _pairs(q, k)
+    n = z.shape[0]
+    out = torch.zeros(n, n, dtype=torch.bool)
+    for a in range(n):
+        s_p = float(z[a] @ pos[a])
+        cands = [c for c in range(n) if ids[c] != ids[a]]
+        ranked = sorted(cands, key=lambda c: -float(z[a] @ z[c]))
+        stop = range_max if range_max else len(ranked)
+        kept = []
+        for c in ranked[range_min:stop]:
+            s = float(z[a] @ z[c])
+            if absolute >= 0 and not s < s_p - absolute:
+                continue
+            if relative >= 0 and not s < (1 - relative) * s_p:
+                continue
+            kept.append(c)
+        for c in kept[:K] if K else kept:  # kept is in ranking order: the hardest first
+            out[a, c] = True
+    return out
+
+
+@pytest.mark.parametrize("knobs", [
+    dict(),  # TopK-PercPos: relative 0.05, the whole ranking, every kept one
+    dict(relative=-1.0, absolute=0.1),
+    dict(relative=0.1, absolute=0.05, range_min=2, range_max=15, K=4),
+    dict(relative=-1.0, range_min=3, K=5),
+])
+def test_positive_aware_matches_its_loop_reference(knobs):
+    q, k = _views(seed=3)
+    negs = _mine("positive-aware", q, k, **knobs)
+    cfg = strategies.get("positive-aware").Config(**knobs)
+    want = _loop_positive_aware(q, k, cfg.relative, cfg.absolute, cfg.range_min, cfg.range_max,
+                                cfg.K)
+    assert torch.equal(negs.selected(), want)
+    assert want.any() and not want[:, :].equal(_pairs_mask(q))  # something was dropped
+
+
+def _pairs_mask(q) -> torch.Tensor:
+    ids = torch.cat([torch.arange(q.shape[0])] * 2)
+    return ids[:, None] != ids[None, :]
+
+
+def test_positive_aware_random_sampling_keeps_k_of_the_kept_set():
+    q, k = _views(b=16, seed=5)
+    full = _mine("positive-aware", q, k, relative=-1.0, absolute=0.0)
+    some = _mine("positive-aware", q, k, relative=-1.0, absolute=0.0, K=3, sampling="random")
+    sel, kept = some.selected(), full.selected()
+    assert not (sel & ~kept).any()  # only kept candidates
+    assert torch.equal(sel.sum(1), kept.sum(1).clamp(max=3))  # K of them, or all there are
+    top = _mine("positive-aware", q, k, relative=-1.0, absolute=0.0, K=3)
+    assert not torch.equal(sel, top.selected())  # random is not the hardest
+    again = _mine("positive-aware", q, k, relative=-1.0, absolute=0.0, K=3, sampling="random")
+    assert torch.equal(sel, again.selected())  # same seed, same draw
+
+
+@pytest.mark.parametrize("bad", [dict(relative=1.0), dict(range_min=5, range_max=5),
+                                 dict(K=-1), dict(sampling="hardest"), dict(range_max=-1)])
+def test_positive_aware_rejects_bad_knobs(bad):
+    with pytest.raises(strategies.StrategyError):
+        strategies.get("positive-aware").Config(**bad)
