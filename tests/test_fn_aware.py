@@ -126,3 +126,49 @@ def test_positive_aware_random_sampling_keeps_k_of_the_kept_set():
 def test_positive_aware_rejects_bad_knobs(bad):
     with pytest.raises(strategies.StrategyError):
         strategies.get("positive-aware").Config(**bad)
+
+
+# --------------------------------------------------------------------------- simans
+def _loop_simans_probs(q, k, a, b, top_k, tau) -> list[dict[int, float]]:
+    """Per anchor: the SimANS sampling distribution over its top_k candidates, p_n ∝
+    exp(-a (gap_n - b)^2) with gap_n = (s_n - s_p) / tau."""
+    import math
+
+    z, pos, ids = _pairs(q, k)
+    out = []
+    for i in range(z.shape[0]):
+        s_p = float(z[i] @ pos[i])
+        cands = sorted((c for c in range(z.shape[0]) if ids[c] != ids[i]),
+                       key=lambda c: -float(z[i] @ z[c]))[:top_k]
+        w = {c: math.exp(-a * ((float(z[i] @ z[c]) - s_p) / tau - b) ** 2) for c in cands}
+        tot = sum(w.values())
+        out.append({c: v / tot for c, v in w.items()})
+    return out
+
+
+def test_simans_draws_k_from_the_top_k_only():
+    q, k = _views(b=16, seed=7)
+    probs = _loop_simans_probs(q, k, 0.5, 0.0, 10, 0.2)
+    for seed in range(5):
+        sel = _mine("simans", q, k, seed=seed, top_k=10, K=4).selected()
+        assert torch.equal(sel.sum(1), torch.full((32,), 4))
+        for i in range(32):
+            assert set(sel[i].nonzero().flatten().tolist()) <= set(probs[i])
+
+
+@pytest.mark.parametrize("a,b", [(0.5, 0.0), (2.0, -1.0)])
+def test_simans_frequencies_match_its_probabilities(a, b):
+    """With K = 1 a draw is one candidate with probability p_n: over 3,000 seeded draws the
+    frequencies match the loop reference's p_n within 5 binomial standard errors."""
+    q, k = _views(b=6, seed=8)
+    probs = _loop_simans_probs(q, k, a, b, 6, 0.2)
+    draws = 3000
+    counts = torch.zeros(12, 12, dtype=torch.float64)
+    for seed in range(draws):
+        counts += _mine("simans", q, k, seed=seed, a=a, b=b, top_k=6, K=1).selected().double()
+    for i in range(12):
+        for c in range(12):
+            p = probs[i].get(c, 0.0)
+            se = (p * (1 - p) / draws) ** 0.5
+            assert abs(float(counts[i, c]) / draws - p) <= 5 * se + 1e-9, (i, c, p)
+    assert max(max(p.values()) for p in probs) > 0.4  # not uniform, so the test can fail

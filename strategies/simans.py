@@ -1,0 +1,104 @@
+"""SimANS: ambiguous negatives, sampled near the positive's score.
+
+Zhou et al. "SimANS: Simple Ambiguous Negatives Sampling for Dense Text Retrieval", EMNLP 2022
+(industry track). Among the top-ranked candidates of a query, a negative is sampled with
+probability
+
+    p_n ∝ exp(-a (s_n - s_p - b)^2)
+
+so the negatives scored about as high as the positive (ambiguous ones) are the likeliest, while
+those far above it (likely false negatives) and far below it (easy ones) are rarely drawn. The
+authors' code (microsoft/SimXNS, SimANS/: ``utils/util_wiki.py``) samples K = 15 negatives per
+query without replacement from the retriever's top-k (k = 100 on NQ and TriviaQA, the positives
+removed), with a = 0.5 and b = 0 (its argparse defaults; TriviaQA's script; NQ's sets b = 1).
+
+Here: over each anchor's in-batch candidates (SimCLR's 2B - 2 views of other instances), the
+``top_k`` most similar form the candidate set, and ``K`` of them are drawn without replacement
+with those probabilities (Gumbel-top-K keys, one vectorised pass; the same draw as sequential
+sampling without replacement).
+
+NOTE: SimANS's scores are inner products of a dense retriever's un-normalised embeddings, whose
+gaps between candidates span several units; cosine similarities span [-1, 1]. So the distance is
+taken on the objective's logits, (s_n - s_p) / tau (tau = ``ctx.temperature``), which puts the
+published a = 0.5 on a comparable scale (a cosine gap of tau is one unit).
+NOTE: the authors' code writes the square as (s_n - s_p + b)^2 (its b is the paper's -b); b = 0
+by default, where the two agree. ``b`` here is the paper's.
+NOTE: candidates come from the batch each step (no corpus index refreshed every 2,000 steps as
+in the authors' AR2 co-training loop); an anchor with fewer than K candidates in its top-k uses
+all of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from negbench.strategies import (
+    Float,
+    Int,
+    Negatives,
+    StepContext,
+    Strategy,
+    StrategyError,
+    register,
+)
+from negbench.strategies.kernels import in_batch_negatives, pick_k
+
+
+@dataclass(frozen=True)
+class SimANSConfig:
+    a: float = 0.5  # sharpness of the sampling around s_p + b (on logits)
+    b: float = 0.0  # the peak's offset from the positive's score (on logits), the paper's sign
+    top_k: int = 100  # the candidate set: each anchor's top_k most similar candidates
+    K: int = 15  # negatives drawn per anchor, without replacement
+
+    space: ClassVar[dict] = {
+        "a": Float(0.05, 5.0, log=True),
+        "b": Float(-2.0, 2.0),
+        "K": Int(4, 64, log=True),
+    }
+
+    def __post_init__(self):
+        if not self.a > 0:
+            raise StrategyError(f"simans: a must be > 0, got {self.a}")
+        if self.top_k < 1 or self.K < 1:
+            raise StrategyError(f"simans: top_k and K must be >= 1, got {self.top_k}, {self.K}")
+
+
+def simans_keys(s: Tensor, s_pos: Tensor, cand: Tensor, cfg: SimANSConfig, tau: float,
+                generator: torch.Generator) -> Tensor:
+    """(A, P) Gumbel-perturbed log-probabilities log p_n + G_n over each anchor's candidate set
+    ``cand``, shifted by -1e4 elsewhere (|log p| stays far below that): the K largest keys of a
+    row are a draw of K without replacement from its candidates."""
+    d = (s - s_pos[:, None]) / tau - cfg.b  # (A, P) gap on logits
+    logp = d.square_().mul_(-cfg.a)  # (A, P) log p up to a row constant
+    u = torch.rand(s.shape, generator=generator, device=s.device, dtype=s.dtype)
+    gumbel = u.clamp_(1e-12, 1.0).log_().neg_().log_().neg_()  # (A, P) -log(-log u)
+    return logp.add_(gumbel).add_((~cand).to(s.dtype), alpha=-1e4)
+
+
+@register("simans")
+class SimANS(Strategy):
+    """K in-batch negatives per anchor, drawn from its top-k with p ∝ exp(-a (gap - b)^2)."""
+
+    Config = SimANSConfig
+    cfg: SimANSConfig
+    paper = "Zhou et al. 2022, SimANS (ambiguous negatives sampling)"
+
+    def mine(self, q: Tensor, k: Tensor, ctx: StepContext) -> Negatives:
+        cfg = self.cfg
+        negs = in_batch_negatives(q, k, ctx.ids)
+        negs.sim = negs.anchors @ negs.pool.T  # (A, P), reused by the objective
+        with torch.no_grad():
+            s = negs.sim.detach()
+            s_pos = (negs.anchors * negs.positives).sum(-1)  # (A,)
+            cand = pick_k(s, negs.mask, cfg.top_k, "top", ctx.generator)  # (A, P) top_k valid
+            keys = simans_keys(s, s_pos, cand, cfg, ctx.temperature, ctx.generator)  # (A, P)
+            # the K largest keys: candidates outrank the rest by 1e4, so only a row with fewer
+            # than K candidates reaches the others, which the gather through cand drops
+            top = keys.topk(min(cfg.K, keys.shape[1]), dim=1).indices  # (A, K)
+            negs.mask = torch.zeros_like(cand).scatter_(1, top, cand.gather(1, top))
+        return negs
