@@ -237,3 +237,58 @@ def test_glofnd_is_plain_in_batch_before_its_start():
     negs = strat.select(q, k, make_ctx(torch.arange(8), Table(40, 6), fraction=0.4))
     assert torch.equal(negs.selected(), _pairs_mask(q)) and negs.weights is None
     assert torch.equal(strat.lam, torch.ones(40))
+
+
+# --------------------------------------------------------------------------- fnc
+def _loop_fnc(q, k, sup, top_k, threshold) -> torch.Tensor:
+    """The authors' detection, per anchor image: each candidate view's score is its largest
+    cosine to any of the image's views (two training views and the support views); the
+    candidates in the image's top_k by score and above the threshold are false negatives."""
+    z, _, ids = _pairs(q, k)
+    b = q.shape[0]
+    fn = torch.zeros(2 * b, 2 * b, dtype=torch.bool)
+    for i in range(b):
+        views = [q[i], k[i]] + [sup[s, i] for s in range(sup.shape[0])]
+        scores = {c: max(float(v @ z[c]) for v in views) for c in range(2 * b) if ids[c] != i}
+        ranked = sorted(scores, key=lambda c: -scores[c])[:top_k]
+        for c in ranked:
+            if scores[c] > threshold:
+                fn[i, c] = fn[i + b, c] = True
+    return fn
+
+
+@pytest.mark.parametrize("mode", ["attraction", "elimination"])
+@pytest.mark.parametrize("top_k,threshold", [(10, 0.7), (3, 0.2), (30, -1.0)])
+def test_fnc_matches_its_loop_reference(mode, top_k, threshold):
+    b, d, n = 10, 6, 40
+    q, k = _views(b=b, d=d, seed=11)
+    table = Table(n, d, seed=5)
+    table.z = table.z.double()
+    ids = torch.arange(b) * 3
+    cls = strategies.get("fnc")
+    strat = cls(cls.Config(support=4, top_k=top_k, threshold=threshold, mode=mode), dim=d,
+                n_train=n)
+    negs = strat.select(q, k, make_ctx(ids, table))
+    sup = table.z[ids.repeat(4)].reshape(4, b, d)  # what ctx.encode returned, in order
+    fn = _loop_fnc(q, k, sup, top_k, threshold)
+    assert torch.equal(negs.selected(), _pairs_mask(q) & ~fn)
+    if mode == "attraction":
+        assert torch.equal(negs.extra_positives, fn)
+    else:
+        assert negs.extra_positives is None
+    assert table.encoded == 4 * b  # the support views, once each
+    if threshold < 0.5:
+        assert fn.any()  # the rule found something here, so the test can fail
+
+
+def test_fnc_attraction_trains_through_supcon_and_elimination_through_infonce():
+    from negbench.harness.objectives import info_nce
+
+    q, k = _views(b=8, seed=12)
+    q = q.clone().requires_grad_(True)
+    for mode in ("attraction", "elimination"):
+        negs = _mine("fnc", q, k, support=2, top_k=5, threshold=-1.0, mode=mode)
+        loss = info_nce(negs, 0.2).loss
+        loss.backward()
+        assert torch.isfinite(loss) and q.grad.abs().sum() > 0
+        q.grad = None
