@@ -401,6 +401,8 @@ def cmd_ablate(args) -> int:
     if args.dry_run:
         t = Table(title=f"{spec.name}: {len(cells)} cells ({len(spec.suites)} suites x "
                         f"{len(spec.strategies)} strategies x "
+                        + (f"{len(spec.fn_filters)} filters x " if len(spec.fn_filters) > 1
+                           else "")
                         + (f"{len(spec.points())} sweep points x " if spec.sweep else "")
                         + f"{len(spec.seeds)} seeds)")
         for c in ("suite", "strategy", "seed", "budget", "cell", "status"):
@@ -408,8 +410,10 @@ def cmd_ablate(args) -> int:
         for c in cells:
             b = c.config.budget
             point = c.tags.get(SWEEP_TAG)
+            flt = c.config.fn_filter
             t.add_row(f"{c.config.suite} ({point})" if point else c.config.suite,
-                      c.config.strategy, str(c.config.seed),
+                      c.config.strategy + (f" x {flt}" if flt != "none" else ""),
+                      str(c.config.seed),
                       f"{b.kind}={b.amount:g}", c.key, "done" if c.key in done else "to run")
         out = console(stderr=False)
         out.print(t)

@@ -121,6 +121,9 @@ class RunConfig:
     device: str = "auto"
     strategy_cfg: Any = None
     suite_cfg: Any = None
+    # a false-negative filter after any strategy's selection (harness.filters), set as
+    # strategy.fn_filter: none | positive-aware | self-guided | oracle
+    fn_filter: str = "none"
 
     def to_dict(self) -> dict[str, Any]:
         """Nested plain dict (strategy/suite configs under ``strategy``/``suite``)."""
@@ -266,6 +269,14 @@ def build_config(suite: str, strategy: str, seed: int = 0, budget: BudgetConfig 
     for bad in ("strategy", "suite", "seed", "strategy_cfg", "suite_cfg"):
         if bad in run_sets:
             raise ConfigError(f"{bad} cannot be set with --set; use --{bad.split('_')[0]}")
+    if "fn_filter" in run_sets:
+        raise ConfigError("set the false-negative filter as strategy.fn_filter=NAME")
+    fn_filter = strat_sets.pop("fn_filter", "none")
+    from negbench.harness.filters import FILTERS
+
+    if fn_filter not in FILTERS:
+        raise ConfigError(f"strategy.fn_filter must be one of {', '.join(FILTERS)}; got "
+                          f"{fn_filter!r}")
     try:
         suite_cfg = apply_overrides(suite_cls.Config(), suite_sets, "suite")
         suite_cls.check_config(suite_cfg)
@@ -281,7 +292,7 @@ def build_config(suite: str, strategy: str, seed: int = 0, budget: BudgetConfig 
         run_sets = {**suite_cls.run_defaults(suite_cfg), **run_sets}
         base = RunConfig(suite=suite, strategy=strategy, seed=seed,
                          budget=budget or BudgetConfig(), strategy_cfg=strat_cfg,
-                         suite_cfg=suite_cfg)
+                         suite_cfg=suite_cfg, fn_filter=fn_filter)
         cfg = apply_overrides(base, run_sets, "")
     except (ObjectiveError, ValueError) as e:
         raise ConfigError(str(e)) from None

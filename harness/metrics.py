@@ -52,6 +52,7 @@ class NegativeMeter:
         # the labels with -1 appended: indexed by a candidate id, -1 (not a training item, by
         # the Negatives contract the only negative id) reads that -1, which no anchor has
         self._label_of = torch.cat([labels, labels.new_full((1,), -1)])  # (N_train + 1,)
+        self.label_of = self._label_of  # for the false-negative filter (harness.filters)
         self.steps = 0
         self.dtype = _acc_dtype(dev)
         self.counts = torch.zeros(5, dtype=torch.long, device=dev)

@@ -38,6 +38,7 @@ from negbench.harness.cost import (
     reset_peak_host,
 )
 from negbench.harness.evaluate import embed, evaluate_items, items_record, knn_top1
+from negbench.harness.filters import apply_filter, filter_metrics
 from negbench.harness.metrics import NegativeMeter
 from negbench.harness.objectives import make_objective, objective_flops
 from negbench.harness.tracking import Tracker, run_tags
@@ -111,6 +112,7 @@ class RunResult:
 # budget fractions at which a run's representation health joins its training curve
 HEALTH_AT = (0.25, 0.5, 0.75)
 HEALTH_TAG, HEALTH_REASON_TAG = "negbench.health", "negbench.health_reason"
+FILTER_TAG = "negbench.fn_filter"  # the run's false-negative filter, when it has one
 ORACLE_TAG, FLOOR_KEY_TAG, FLOOR_FROM_TAG = "negbench.oracle", "negbench.floor_key", \
     "negbench.floor_from"
 
@@ -196,6 +198,10 @@ class Trainer:
         sync = torch.cuda.synchronize if self.device.type == "cuda" else None
         self.budget = Budget(cfg.budget, cfg.batch_size, sync=sync)
         self.meter = NegativeMeter(self.train_split.y)
+        # the false-negative filter's counts (harness.filters): removed, removed false
+        # negatives, false negatives selected before it; summed on the device
+        self.filter_counts = torch.zeros(3, dtype=torch.long, device=self.device)
+        self.filter_anchors = 0  # a host count: shapes are known on the host
         self.clock = PhaseClock(self.device)
         self._perm = torch.randperm(self.n_train, generator=self.gen, device=self.device)
         self._pos = 0
@@ -316,6 +322,10 @@ class Trainer:
                 h = [distributed.gather_rows(x, d, b) for x in h]
         with clock.phase("mining"):
             negs = self.strategy.select(q, k, ctx)
+            if cfg.fn_filter != "none":
+                negs, counts = apply_filter(negs, cfg.fn_filter, self.meter.label_of)
+                self.filter_counts += counts
+                self.filter_anchors += negs.num_anchors
             if h:
                 negs = with_hard_negatives(negs, h[0])
         with clock.phase("forward_backward"):
@@ -525,6 +535,8 @@ class Trainer:
         }
         if self.device.type == "cuda":
             m["peak_cuda_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+        if self.cfg.fn_filter != "none":
+            m.update(filter_metrics(self.filter_counts, self.filter_anchors))
         self.deciles = self.meter.deciles()
         for i, (e, f) in enumerate(zip(self.deciles["edges"], self.deciles["fnr"], strict=True)):
             m[f"fnr_decile_{i}"] = f
@@ -563,8 +575,10 @@ def run(cfg: RunConfig, *, tracking_uri: str | None = None, experiment: str = "n
         tags = run_tags(cfg, device_label(trainer.device))
         tags["world_size"] = str(trainer.dist.world if trainer.dist else 1)
         tags[FLOOR_KEY_TAG] = floor_key
-        if trainer.strategy.oracle:
+        if trainer.strategy.oracle or cfg.fn_filter == "oracle":
             tags[ORACLE_TAG] = "1"
+        if cfg.fn_filter != "none":
+            tags[FILTER_TAG] = cfg.fn_filter
         tags.update(extra_tags or {})
         tracker.start(run_name or f"{cfg.suite}/{cfg.strategy}/seed{cfg.seed}", cfg.flat(), tags)
         tracker.log_json("config.json", cfg.to_dict())

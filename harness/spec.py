@@ -27,6 +27,10 @@ Format (every key but ``suites`` and ``strategies`` optional)::
     budget = "samples=20000"
     "suite.vocab_size" = 8000
 
+    fn_filters = ["none", "self-guided"]  # a false-negative filter after each strategy's
+                                     # selection (strategy.fn_filter): one more axis; each
+                                     # filter is a row of its own ("semi-hard x self-guided")
+
     [sweep]                          # more axes of the grid: dotted keys (as `--set`), each
     "suite.classes" = [10, 5, 2]     # with a list of values; every combination is run
 
@@ -67,7 +71,7 @@ from negbench import NegbenchError, strategies, suites
 from negbench.harness.config import ConfigError, RunConfig, build_config, parse_budget
 
 TOP_KEYS = ("name", "suites", "strategies", "seeds", "budget", "tuned", "objective",
-            "overrides", "strategy", "suite", "sweep")
+            "overrides", "strategy", "suite", "sweep", "fn_filters")
 TUNED_TAG = "negbench.tuned"
 SWEEP_TAG = "negbench.sweep"
 OBJECTIVE_KEYS = ("name", "temperature", "margin", "hardness_alpha")
@@ -91,7 +95,8 @@ class Cell:
     def label(self) -> str:
         c = self.config
         point = f" ({self.tags[SWEEP_TAG]})" if SWEEP_TAG in self.tags else ""
-        return f"{c.suite}/{c.strategy}{point}/seed {c.seed}"
+        flt = f" x {c.fn_filter}" if c.fn_filter != "none" else ""
+        return f"{c.suite}/{c.strategy}{flt}{point}/seed {c.seed}"
 
 
 @dataclass(frozen=True)
@@ -110,6 +115,7 @@ class Spec:
     tuned: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # suite/strategy
     sweep: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # dotted key -> values
     tuned_files: dict[str, dict[str, str]] = field(default_factory=dict)  # suite/strategy: file
+    fn_filters: tuple[str, ...] = ("none",)  # strategy.fn_filter values, one more axis
 
     def points(self) -> list[dict[str, Any]]:
         """Every combination of the sweep's values ([{}] without a sweep)."""
@@ -123,13 +129,14 @@ class Spec:
         out = []
         for su in self.suites:
             for st in self.strategies:
-                for point in self.points():
-                    for seed in self.seeds:
-                        out.append(self._cell(su, st, seed, point))
+                for flt in self.fn_filters:
+                    for point in self.points():
+                        for seed in self.seeds:
+                            out.append(self._cell(su, st, seed, point, flt))
         return out
 
     def _cell(self, suite: str, strategy: str, seed: int,
-              point: dict[str, Any] | None = None) -> Cell:
+              point: dict[str, Any] | None = None, fn_filter: str = "none") -> Cell:
         sets: dict[str, str] = {}
         sets.update({f"objective.{k}": _text(v) for k, v in self.objective.items()})
         sets.update({k: _text(v) for k, v in self.overrides.items()})
@@ -146,6 +153,9 @@ class Spec:
             path = self.tuned_files.get(suite, {}).get(strategy, self.tuned_path)
             tags[TUNED_TAG] = Path(path).name
             where += f" (with the tuned values of {path} [{suite}.{strategy}])"
+        if fn_filter != "none":
+            sets["strategy.fn_filter"] = fn_filter
+            where += f" (fn_filter {fn_filter})"
         if point:
             label = ", ".join(f"{k}={_text(v)}" for k, v in point.items())
             sets.update({k: _text(v) for k, v in point.items()})
@@ -159,9 +169,32 @@ class Spec:
         return Cell(cfg, cell_key(cfg), tags)
 
 
+# knobs added after cells were first recorded: at the value that means what their absence
+# meant they are left out of the hash, so the cells a store holds keep their identity (and are
+# not run again) across an upgrade; path in asdict(cfg) -> that value
+_ADDED_KNOBS: dict[tuple[str, ...], Any] = {
+    ("objective", "hardness_alpha"): 0.0,
+    ("fn_filter",): "none",
+}
+
+
 def cell_key(cfg: RunConfig) -> str:
-    """A stable hash of a resolved run config (16 hex digits)."""
-    blob = json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str)
+    """A stable hash of a resolved run config (16 hex digits). Knobs added since the first
+    release are hashed only where they differ from the value their absence meant (a suite's
+    ``classes`` at its own classes, ``_ADDED_KNOBS``)."""
+    d = dataclasses.asdict(cfg)
+    for path, value in _ADDED_KNOBS.items():
+        *head, last = path
+        parent = d
+        for k in head:
+            parent = parent.get(k, {})
+        if last in parent and _same(parent[last], value):
+            del parent[last]
+    groupings = suites.get(cfg.suite).groupings
+    sc = d.get("suite_cfg") or {}
+    if groupings and sc.get("classes") == max(groupings):
+        del sc["classes"]
+    blob = json.dumps(d, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -281,10 +314,21 @@ def load_spec(path: str | Path) -> Spec:
         tuned_path = "; ".join(shown_all)
     sweep = _sweep(raw.get("sweep", {}), objective, overrides, per_strategy, per_suite, tuned,
                    where)
+    fn_filters = _fn_filters(raw.get("fn_filters", ["none"]), where)
     spec = Spec(where, name.strip(), su, st, seed_list, budget, objective, overrides,
-                per_strategy, per_suite, tuned_path, tuned, sweep, tuned_files)
+                per_strategy, per_suite, tuned_path, tuned, sweep, tuned_files, fn_filters)
     spec.cells()  # resolve every cell now: a bad knob fails before anything runs
     return spec
+
+
+def _fn_filters(value: Any, where: str) -> tuple[str, ...]:
+    from negbench.harness.filters import FILTERS
+
+    if (not isinstance(value, list) or not value or len(set(map(str, value))) != len(value)
+            or any(v not in FILTERS for v in value)):
+        raise SpecError(f"{where}: fn_filters must be a non-empty list of distinct filters; "
+                        f"allowed: {', '.join(FILTERS)}; got {value!r}")
+    return tuple(value)
 
 
 def _sweep(value: Any, objective: dict, overrides: dict, per_strategy: dict, per_suite: dict,

@@ -28,6 +28,7 @@ from negbench.harness.config import ConfigError
 from negbench.harness.redact import redact
 
 TUNED_TAG = "negbench.tuned"
+FILTER_TAG = "negbench.fn_filter"  # a run's false-negative filter: its variant is "STRATEGY x F"
 SWEEP_TAG = "negbench.sweep"  # a spec's sweep point: the run's section is "SUITE (POINT)"
 COMMAND_TAG = "negbench.command"
 IDENTITY = ("suite", "strategy", "seed", "budget")
@@ -41,8 +42,8 @@ ITEMS_FILE = "items.json"
 ITEM_COLUMNS = {"knn_acc": "knn_correct", "linear_acc": "linear_correct"}
 PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 RUN_COLUMNS = ("run_id", "run_name", "status", "start_time", "end_time", "suite", "strategy",
-               "seed", "budget", "tuned", "variant", "failure", "tags", *ITEM_COLUMNS.values(),
-               "items_split")
+               "seed", "budget", "tuned", "fn_filter", "variant", "failure", "tags",
+               *ITEM_COLUMNS.values(), "items_split")
 
 
 def client(uri: str | None):
@@ -180,20 +181,24 @@ class Runs:
 
 
 def variant_labels(frame: pd.DataFrame) -> pd.Series:
-    """A row label per run: the strategy for a default config; ``strategy (tuned)`` for a run
-    tagged ``negbench.tuned`` (``strategy (tuned: EXPORT)`` where one strategy has several)."""
+    """A row label per run: the strategy for a default config; ``strategy x FILTER`` for a run
+    with a false-negative filter (tag ``negbench.fn_filter``); ``... (tuned)`` for a run tagged
+    ``negbench.tuned`` (``... (tuned: EXPORT)`` where one strategy has several)."""
     exports: dict[str, set] = {}
     for s, t in zip(frame["strategy"], frame["tuned"], strict=True):
         if t:
             exports.setdefault(s, set()).add(t)
 
-    def label(s: str, t: str) -> str:
+    def label(s: str, t: str, f: str) -> str:
+        base = f"{s} x {f}" if f else s
         if not t:
-            return s
-        return f"{s} (tuned)" if len(exports[s]) == 1 else f"{s} (tuned: {t})"
+            return base
+        return f"{base} (tuned)" if len(exports[s]) == 1 else f"{base} (tuned: {t})"
 
-    return pd.Series([label(s, t) for s, t in zip(frame["strategy"], frame["tuned"],
-                                                   strict=True)], index=frame.index, dtype=object)
+    filters = frame["fn_filter"] if "fn_filter" in frame else [""] * len(frame)
+    return pd.Series([label(s, t, f or "") for s, t, f in zip(frame["strategy"], frame["tuned"],
+                                                               filters, strict=True)],
+                     index=frame.index, dtype=object)
 
 
 def load(uri: str | None, experiment: str) -> Runs:
@@ -234,6 +239,7 @@ def load(uri: str | None, experiment: str) -> Runs:
             "seed": seed,
             "budget": tags["budget"],
             "tuned": tags.get(TUNED_TAG, ""),
+            "fn_filter": tags.get(FILTER_TAG, ""),
             "failure": tags.get("failure", ""),
             "tags": dict(tags),
         }

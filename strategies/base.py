@@ -333,6 +333,16 @@ class Negatives:
             n = n + torch.count_nonzero(a_ids == self.extra_ids)  # (A, S)
         return n
 
+    def restrict(self, keep: Tensor) -> Negatives:
+        """A copy whose selection is ``keep`` (A, W) bool, a subset of :meth:`selected`: the
+        shared columns go to ``mask`` (mask or index form), the S extra columns to
+        ``extra_mask``; weights, ids and similarities stay as they are."""
+        w0 = self.width - self.num_extra
+        ch: dict = {"mask": keep[:, :w0]}
+        if self.extra_ids is not None:
+            ch["extra_mask"] = keep[:, w0:]
+        return dataclasses.replace(self, **ch)
+
     def append_extra(self, extra: Tensor, ids: Tensor, mask: Tensor | None = None) -> Negatives:
         """A copy with S' per-anchor candidates appended after any extras: ``extra`` (A, S', D)
         (with the gradients it has), ``ids`` (A, S') their dataset ids, ``mask`` (A, S') the

@@ -271,3 +271,38 @@ def test_each_sweep_point_is_a_section_of_the_report(tmp_path, capsys, monkeypat
     assert "| digits | 2 | random | 1 |" in out.stdout and "| digits | 10 | in-batch | 1 |" \
         in out.stdout
     assert "digits random: gain" in out.stdout and "at 10 -> 2 groups" in out.stdout
+
+
+def test_cell_keys_survive_the_knobs_added_since_they_were_recorded():
+    """Keys computed by negbench at commit 570c60b (before objective.hardness_alpha,
+    suite.classes and strategy.fn_filter existed): a store's cells keep their identity."""
+    from negbench.harness.config import build_config
+    from negbench.harness.spec import cell_key
+
+    assert cell_key(build_config("digits", "in-batch")) == "6497f8ec35540eab"
+    assert cell_key(build_config("bbc-news", "hcl")) == "349e49f1533bc13c"
+    # a new knob away from its old meaning is a new cell
+    assert cell_key(build_config("digits", "in-batch", sets={"suite.classes": "2"})) \
+        != "6497f8ec35540eab"
+    assert cell_key(build_config("digits", "in-batch",
+                                 sets={"objective.hardness_alpha": "1"})) != "6497f8ec35540eab"
+
+
+def test_fn_filters_are_an_axis_and_a_row_label_each(tmp_path):
+    import pandas as pd
+
+    from negbench.reports.data import variant_labels
+
+    spec = load_spec(write(tmp_path, 'fn_filters = ["none", "self-guided"]\n' + SMALL))
+    cells = spec.cells()
+    assert len(cells) == 8 and len({c.key for c in cells}) == 8
+    assert [c.config.fn_filter for c in cells[:4]] == ["none", "none", "self-guided",
+                                                       "self-guided"]
+    assert cells[2].label == "digits/in-batch x self-guided/seed 0"
+    for bad in ('fn_filters = ["fnx"]', 'fn_filters = []', 'fn_filters = "oracle"'):
+        with pytest.raises(SpecError, match="fn_filters must be a non-empty list"):
+            load_spec(write(tmp_path, bad + "\n" + SMALL, "bad.toml"))
+    frame = pd.DataFrame({"strategy": ["semi-hard", "semi-hard", "hcl"],
+                          "tuned": ["", "", "t.toml"], "fn_filter": ["", "self-guided", "oracle"]})
+    assert list(variant_labels(frame)) == ["semi-hard", "semi-hard x self-guided",
+                                           "hcl x oracle (tuned)"]
