@@ -45,7 +45,7 @@ from negbench.strategies import (
     StrategyError,
     register,
 )
-from negbench.strategies.kernels import in_batch_negatives, pick_k
+from negbench.strategies.kernels import in_batch_negatives, ordered_bits
 
 
 @dataclass(frozen=True)
@@ -68,16 +68,27 @@ class SimANSConfig:
             raise StrategyError(f"simans: top_k and K must be >= 1, got {self.top_k}, {self.K}")
 
 
-def simans_keys(s: Tensor, s_pos: Tensor, cand: Tensor, cfg: SimANSConfig, tau: float,
+def simans_draw(s: Tensor, s_pos: Tensor, valid: Tensor, cfg: SimANSConfig, tau: float,
                 generator: torch.Generator) -> Tensor:
-    """(A, P) Gumbel-perturbed log-probabilities log p_n + G_n over each anchor's candidate set
-    ``cand``, shifted by -1e4 elsewhere (|log p| stays far below that): the K largest keys of a
-    row are a draw of K without replacement from its candidates."""
-    d = (s - s_pos[:, None]) / tau - cfg.b  # (A, P) gap on logits
-    logp = d.square_().mul_(-cfg.a)  # (A, P) log p up to a row constant
-    u = torch.rand(s.shape, generator=generator, device=s.device, dtype=s.dtype)
-    gumbel = u.clamp_(1e-12, 1.0).log_().neg_().log_().neg_()  # (A, P) -log(-log u)
-    return logp.add_(gumbel).add_((~cand).to(s.dtype), alpha=-1e4)
+    """(A, P) bool: K of each anchor's ``top_k`` most similar ``valid`` candidates, drawn
+    without replacement with p ∝ exp(-a (gap - b)^2): the K largest Gumbel-perturbed log
+    probabilities, computed on the (A, top_k) candidate columns only."""
+    a_n, p = s.shape
+    k_top = min(cfg.top_k, p)
+    # the candidate set: the top_k valid by similarity (int32 keys: CPU top-k is faster on
+    # them), invalid entries shifted below every valid one
+    key = ordered_bits(torch.add(s, (~valid).to(s.dtype), alpha=-4.0))  # (A, P)
+    cols = key.topk(k_top, dim=1).indices  # (A, k_top)
+    sc = s.gather(1, cols)  # (A, k_top)
+    ok = valid.gather(1, cols)  # (A, k_top) fewer valid than top_k: the rest are not candidates
+    d = (sc - s_pos[:, None]) / tau - cfg.b  # (A, k_top) gap on logits
+    logp = d.square_().mul_(-cfg.a)  # (A, k_top) log p up to a row constant
+    u = torch.rand(sc.shape, generator=generator, device=s.device, dtype=s.dtype)
+    gumbel = u.clamp_(1e-12, 1.0).log_().neg_().log_().neg_()  # -log(-log u)
+    keys = logp.add_(gumbel).add_((~ok).to(s.dtype), alpha=-1e4)  # (A, k_top)
+    pick = keys.topk(min(cfg.K, k_top), dim=1).indices  # (A, K)
+    chosen = cols.gather(1, pick)  # (A, K) pool columns
+    return torch.zeros_like(valid).scatter_(1, chosen, ok.gather(1, pick))
 
 
 @register("simans")
@@ -95,10 +106,5 @@ class SimANS(Strategy):
         with torch.no_grad():
             s = negs.sim.detach()
             s_pos = (negs.anchors * negs.positives).sum(-1)  # (A,)
-            cand = pick_k(s, negs.mask, cfg.top_k, "top", ctx.generator)  # (A, P) top_k valid
-            keys = simans_keys(s, s_pos, cand, cfg, ctx.temperature, ctx.generator)  # (A, P)
-            # the K largest keys: candidates outrank the rest by 1e4, so only a row with fewer
-            # than K candidates reaches the others, which the gather through cand drops
-            top = keys.topk(min(cfg.K, keys.shape[1]), dim=1).indices  # (A, K)
-            negs.mask = torch.zeros_like(cand).scatter_(1, top, cand.gather(1, top))
+            negs.mask = simans_draw(s, s_pos, negs.mask, cfg, ctx.temperature, ctx.generator)
         return negs
