@@ -33,6 +33,16 @@ def in_batch_negatives(q: Tensor, k: Tensor, ids: Tensor) -> Negatives:
     )
 
 
+def in_batch_scored(q: Tensor, k: Tensor, ids: Tensor) -> tuple[Negatives, Tensor, Tensor]:
+    """In-batch negatives for a rule on scores: their (A, P) similarities computed once into
+    ``negs.sim`` (with gradients: the objective reuses them), and, detached for the rule, those
+    similarities and each anchor's positive score (A,)."""
+    negs = in_batch_negatives(q, k, ids)
+    negs.sim = negs.anchors @ negs.pool.T  # (A, P)
+    s_pos = (negs.anchors * negs.positives).sum(-1).detach()  # (A,)
+    return negs, negs.sim.detach(), s_pos
+
+
 # --------------------------------------------------------------------------- weights
 def importance_weights(sim: Tensor, sel: Tensor, beta: float, tau: float) -> Tensor:
     """(A, P) w = e^{beta s / tau}, normalised to mean 1 over each row's selected entries, 0

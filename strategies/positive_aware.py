@@ -47,7 +47,7 @@ from negbench.strategies import (
     StrategyError,
     register,
 )
-from negbench.strategies.kernels import below_positive, in_batch_negatives, pick_k, rank_desc
+from negbench.strategies.kernels import below_positive, in_batch_scored, pick_k, rank_desc
 
 SAMPLING = ("top", "random")
 
@@ -109,10 +109,7 @@ class PositiveAware(Strategy):
     paper = "Moreira et al. 2024, NV-Retriever (positive-aware hard-negative mining)"
 
     def mine(self, q: Tensor, k: Tensor, ctx: StepContext) -> Negatives:
-        negs = in_batch_negatives(q, k, ctx.ids)
-        negs.sim = negs.anchors @ negs.pool.T  # (A, P), reused by the objective
+        negs, s, s_pos = in_batch_scored(q, k, ctx.ids)
         with torch.no_grad():
-            s_pos = (negs.anchors * negs.positives).sum(-1)  # (A,)
-            negs.mask = positive_aware_mask(negs.sim.detach(), s_pos, negs.mask, self.cfg,
-                                            ctx.generator)
+            negs.mask = positive_aware_mask(s, s_pos, negs.mask, self.cfg, ctx.generator)
         return negs

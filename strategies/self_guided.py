@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from negbench.strategies import Float, Negatives, StepContext, Strategy, StrategyError, register
-from negbench.strategies.kernels import in_batch_negatives
+from negbench.strategies.kernels import in_batch_scored
 
 
 @dataclass(frozen=True)
@@ -54,9 +54,7 @@ class SelfGuided(Strategy):
     paper = "Solatorio 2024, GISTEmbed (guided in-sample negative selection), self-guided"
 
     def mine(self, q: Tensor, k: Tensor, ctx: StepContext) -> Negatives:
-        negs = in_batch_negatives(q, k, ctx.ids)
-        negs.sim = negs.anchors @ negs.pool.T  # (A, P), reused by the objective
+        negs, s, s_pos = in_batch_scored(q, k, ctx.ids)
         with torch.no_grad():
-            s_pos = (negs.anchors * negs.positives).sum(-1)  # (A,)
-            negs.mask = self_guided_mask(negs.sim.detach(), s_pos, negs.mask, self.cfg.margin)
+            negs.mask = self_guided_mask(s, s_pos, negs.mask, self.cfg.margin)
         return negs

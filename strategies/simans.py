@@ -45,7 +45,7 @@ from negbench.strategies import (
     StrategyError,
     register,
 )
-from negbench.strategies.kernels import in_batch_negatives, ordered_bits
+from negbench.strategies.kernels import in_batch_scored, ordered_bits
 
 
 @dataclass(frozen=True)
@@ -101,10 +101,7 @@ class SimANS(Strategy):
 
     def mine(self, q: Tensor, k: Tensor, ctx: StepContext) -> Negatives:
         cfg = self.cfg
-        negs = in_batch_negatives(q, k, ctx.ids)
-        negs.sim = negs.anchors @ negs.pool.T  # (A, P), reused by the objective
+        negs, s, s_pos = in_batch_scored(q, k, ctx.ids)
         with torch.no_grad():
-            s = negs.sim.detach()
-            s_pos = (negs.anchors * negs.positives).sum(-1)  # (A,)
             negs.mask = simans_draw(s, s_pos, negs.mask, cfg, ctx.temperature, ctx.generator)
         return negs
