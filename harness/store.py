@@ -164,8 +164,11 @@ def file_lock(path: Path) -> Iterator[None]:
 
 
 def quiet() -> None:
-    """alembic's migration chatter on a new store and mlflow's notes are noise for our users."""
+    """alembic's migration chatter on a new store and mlflow's notes are noise for our users.
+    mlflow sets its logger's level when it is first imported, so it is imported first."""
     import logging
+
+    import mlflow  # noqa: F401 - its import configures the "mlflow" logger, which we then quiet
 
     for name in ("alembic", "mlflow"):
         logging.getLogger(name).setLevel(logging.WARNING)
