@@ -17,13 +17,15 @@ Verified against the authors' code (vibalcam/GloFND, ``unimodal/sogclr/fnd.py`` 
 by the epoch count, lambda clamped to [-1, 1]; s_ij the cosine of the projections (not divided by
 tau); the negatives of i are both views of every other item of the batch; alpha = 0.01 and
 lr = 0.05 (their README and ImageNet-100 scripts); updates and masking start at epoch 70 of 200.
-In their plain InfoNCE path the kept negatives' sum is rescaled to the full count,
-(sum over kept / n_kept) * n, which is what the weights n / n_kept here reproduce.
 
 NOTE: the authors pair GloFND with SogCLR's global contrastive loss; here it runs on the
 harness's objective (InfoNCE), like their ``cl`` path.
 NOTE: the start is a fraction of the budget (``start = 0.35``: epoch 70 of 200); before it the
 strategy is plain in-batch and lambda is not updated.
+NOTE: their plain InfoNCE path rescales the kept negatives' sum to the full count, (sum over
+kept / n_kept) * n; here the kept sum is used as it is. With alpha = 0.01 about 1% of the
+candidates are removed, so the factor is within about alpha of 1, and leaving it out keeps the
+step unweighted (the weights cost a pass of their own and the objective's weighted path).
 NOTE: lambda is updated with this step's similarities inside ``mine``, after the mask has been
 taken with the thresholds as they stood (the same similarities the authors' step uses).
 """
@@ -108,10 +110,7 @@ class GloFND(Strategy):
             ids = ctx.ids
             lam = self.lam[ids].to(s.dtype)  # (B,)
             keep, g = glofnd_step(s, negs.mask, lam, cfg.alpha)
-            n = negs.mask.sum(1, dtype=s.dtype)  # (A,) the full count
-            kept = keep.sum(1, dtype=s.dtype).clamp_min(1.0)  # (A,)
             negs.mask = keep
-            negs.weights = keep.to(s.dtype) * (n / kept)[:, None]  # (A, P) sum rescaled to n
             # one Adam step on each item's lambda; bias correction by the epoch, as the
             # authors' code (a host count: steps and batch size are known on the host)
             epoch = ctx.step * q.shape[0] // max(ctx.n_train, 1)

@@ -222,8 +222,7 @@ def test_glofnd_matches_its_loop_reference_over_steps():
         negs = strat.select(q, k, ctx)
         keep, w, lam, m, v = _loop_glofnd(q, k, ids, lam, m, v, cfg.alpha, cfg.lr,
                                           step * 10 // 40)
-        assert torch.equal(negs.selected(), keep)
-        torch.testing.assert_close(negs.weights, w)
+        assert torch.equal(negs.selected(), keep) and negs.weights is None
         torch.testing.assert_close(strat.lam.double(), lam, rtol=1e-5, atol=1e-6)
         removed += int((~keep & _pairs_mask(q)).sum())
     assert removed > 0  # thresholds fell below 1 and masked something: the test can fail
