@@ -67,27 +67,32 @@ def url(port: int, db: str, password: str | None = PASSWORD) -> str:
 
 class CmdlineWatch:
     """Reads every process's /proc/PID/cmdline every 50 ms while it runs: which ones (other
-    than ``exclude``) held ``needle``, and how many negbench child processes it saw."""
+    than those in ``exclude``, known only once started, so filtered at the end) held
+    ``needle``, and how many negbench child processes it saw."""
 
     def __init__(self, needle: str):
         self.needle, self.exclude = needle, set()
-        self.leaks: set[str] = set()
+        self.seen: dict[int, str] = {}  # pid -> a command line that held the needle
         self.children: set[int] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def leaks(self) -> dict[int, str]:
+        return {pid: cmd for pid, cmd in self.seen.items() if pid not in self.exclude}
 
     def _run(self) -> None:
         me = os.getpid()
         while not self._stop.is_set():
             for pid in os.listdir("/proc"):
-                if not pid.isdigit() or int(pid) == me or int(pid) in self.exclude:
+                if not pid.isdigit() or int(pid) == me:
                     continue
                 try:
                     cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
                 except OSError:
                     continue
                 if self.needle in cmd:
-                    self.leaks.add(cmd)
+                    self.seen[int(pid)] = cmd
                 if "--events" in cmd and "negbench.harness" in cmd:
                     self.children.add(int(pid))
             time.sleep(0.05)
@@ -160,6 +165,7 @@ def test_no_password_in_children_tags_artifacts_reports_or_errors(server, tmp_pa
     assert tune.returncode == 0, tune.stderr[-3000:]
     assert len(tune_watch.children) >= 2  # the local workers were seen running
     assert not tune_watch.leaks, tune_watch.leaks
+    assert tune_watch.exclude <= set(tune_watch.seen)  # it saw the password where it is typed
     # ablate: the queue and tracking URLs typed on its command line too
     spec = write(tmp_path, SPEC)
     with CmdlineWatch(PASSWORD) as ablate_watch:
@@ -169,6 +175,7 @@ def test_no_password_in_children_tags_artifacts_reports_or_errors(server, tmp_pa
     assert ablate.returncode == 0, ablate.stderr[-3000:]
     assert len(ablate_watch.children) >= 2
     assert not ablate_watch.leaks, ablate_watch.leaks
+    assert ablate_watch.exclude <= set(ablate_watch.seen)
     for p in (tune, ablate):
         assert PASSWORD not in p.stdout + p.stderr
     # the command was recorded, with its password masked
