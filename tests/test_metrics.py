@@ -109,7 +109,10 @@ def test_knn_top1_weighted_vote():
     assert knn_top1(train, ty, query, torch.tensor([1, 0]), 2, k=1) == 0.0
 
 
-@pytest.mark.parametrize("suite,classes", [("digits", 10), ("digits", 2), ("fashion-mnist", 5)])
+@pytest.mark.parametrize("suite,classes", [
+    ("digits", 10), ("digits", 2),
+    pytest.param("fashion-mnist", 5, marks=pytest.mark.slow),  # a width-64 CNN: about a minute
+])
 def test_random_fnr_matches_sum_of_squared_class_priors(suite, classes):
     """Uniform sampling without the anchor's own instance has expected FNR
     sum_c p_c (n_c - 1) / (N - 1) (~ sum_c p_c^2), over the ``suite.classes`` groups of the real

@@ -414,6 +414,7 @@ def test_two_local_workers_share_the_studies_exactly(tmp_path):
     assert all(math.isfinite(t.value) for t in study(tmp_path, "hcl").trials)
 
 
+@pytest.mark.slow  # about a minute: 4 tuning runs in 3 processes; CI keeps to the fast tests
 def test_the_shipped_tuning_script_writes_a_file_a_spec_reads(tmp_path):
     """scripts/tune_shipped.sh at a tiny budget: a tuned file per suite, headed by the commands
     and commit that produced it, which a spec reads (the shipped files are made the same way,
