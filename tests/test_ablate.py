@@ -117,6 +117,8 @@ def test_shipped_specs_are_valid():
     demo, standard = load_spec(root / "demo.toml"), load_spec(root / "standard.toml")
     assert demo.suites == ("digits", "bbc-news") and len(demo.strategies) >= 10
     assert standard.suites == ("fashion-mnist", "bbc-news") and standard.seeds == (0, 1, 2)
+    filters = load_spec(root / "fn-filters.toml")
+    assert filters.name == "fn-aware" and len(filters.fn_filters) == 4  # one experiment, one report
     aware = load_spec(root / "fn-aware.toml")
     assert {"fnc", "glofnd", "positive-aware", "simans", "self-guided"} <= set(aware.strategies)
     pressure = load_spec(root / "fn-pressure.toml")
