@@ -29,42 +29,40 @@ import torch
 from torch import Tensor
 
 from negbench.strategies import Negatives
+from negbench.strategies.kernels import below_positive, not_above_positive
+from negbench.strategies.positive_aware import PositiveAwareConfig
+from negbench.strategies.self_guided import SelfGuidedConfig
 
 FILTERS = ("none", "positive-aware", "self-guided", "oracle")
-SELF_GUIDED_MARGIN = 0.1  # strategies/self_guided.py's default
-POSITIVE_AWARE_RELATIVE = 0.05  # strategies/positive_aware.py's default (TopK-PercPos)
 
 
-def filter_drop(negs: Negatives, name: str, label_of: Tensor) -> Tensor:
-    """(A, W) bool: the selected candidates the filter ``name`` removes. ``label_of``: the
-    label of each dataset id, with one more entry at the end for id -1 (as the meter holds)."""
-    sel = negs.selected()  # (A, W)
-    if name == "oracle":
-        match = negs.label_match(label_of)  # (A, W) bool, or shares for synthesized candidates
-        same = match if match.dtype == torch.bool else match >= 0.5
-        return same & sel
+def _kept_by_rule(negs: Negatives, name: str) -> Tensor:
+    """(A, W) bool: the candidates the score rule ``name`` keeps, with the defaults of the
+    strategy of that name (strategies/self_guided.py, strategies/positive_aware.py)."""
     s = negs.similarity().detach()  # (A, W)
     s_pos = (negs.anchors * negs.positives).sum(-1).detach()  # (A,)
     if name == "self-guided":
-        return (s > (s_pos + SELF_GUIDED_MARGIN)[:, None]) & sel
+        return not_above_positive(s, s_pos, SelfGuidedConfig().margin)
     if name == "positive-aware":
-        return ~(s < (s_pos * (1.0 - POSITIVE_AWARE_RELATIVE))[:, None]) & sel
+        d = PositiveAwareConfig()
+        return below_positive(s, s_pos, d.absolute, d.relative)
     raise ValueError(f"unknown fn_filter {name!r}; allowed: {', '.join(FILTERS)}")
 
 
 def apply_filter(negs: Negatives, name: str, label_of: Tensor) -> tuple[Negatives, Tensor]:
-    """The selection less what the filter removes, and this step's (3,) int64 counts on the
-    device: removed, removed false negatives, false negatives selected before the filter."""
+    """The selection less what the filter ``name`` removes, and this step's (3,) int64 counts
+    on the device: removed, removed false negatives, false negatives selected before the
+    filter. ``label_of``: the label of each dataset id, with one more entry at the end for id -1
+    (the meter's ``label_of``)."""
     if negs.sim is None and name != "oracle":  # once, with its gradients: the objective
         negs.sim = negs.similarity()  # reuses it (A, W)
     with torch.no_grad():
         sel = negs.selected()  # (A, W)
-        drop = filter_drop(negs, name, label_of)  # (A, W)
-        match = negs.label_match(label_of)
-        fn = match if match.dtype == torch.bool else match >= 0.5  # (A, W)
-        fn_sel = fn & sel
+        match = negs.label_match(label_of)  # (A, W) bool, or shares for synthesized candidates
+        fn = match if match.dtype == torch.bool else match >= 0.5  # (A, W) same class
+        drop = sel & (fn if name == "oracle" else ~_kept_by_rule(negs, name))  # (A, W)
         counts = torch.stack([torch.count_nonzero(drop), torch.count_nonzero(drop & fn),
-                              torch.count_nonzero(fn_sel)])
+                              torch.count_nonzero(fn & sel)])
         keep = sel & ~drop
     return negs.restrict(keep), counts
 

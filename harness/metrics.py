@@ -51,8 +51,8 @@ class NegativeMeter:
         dev = labels.device
         # the labels with -1 appended: indexed by a candidate id, -1 (not a training item, by
         # the Negatives contract the only negative id) reads that -1, which no anchor has
-        self._label_of = torch.cat([labels, labels.new_full((1,), -1)])  # (N_train + 1,)
-        self.label_of = self._label_of  # for the false-negative filter (harness.filters)
+        # (N_train + 1,); the false-negative filter (harness.filters) reads it too
+        self.label_of = torch.cat([labels, labels.new_full((1,), -1)])
         self.steps = 0
         self.dtype = _acc_dtype(dev)
         self.counts = torch.zeros(5, dtype=torch.long, device=dev)
@@ -79,7 +79,7 @@ class NegativeMeter:
         # product converts the mask again); float32 within the step, float64 across steps
         sim_sum = torch.dot(sim.reshape(-1), negs.selected_as(sim.dtype).reshape(-1))
         coll = negs.instance_collisions()
-        match = negs.label_match(self._label_of)  # (A, W) bool, or shares for label sources
+        match = negs.label_match(self.label_of)  # (A, W) bool, or shares for label sources
         if match.dtype == torch.bool:
             # real candidates only: every pair is a false negative or not, so counts of bools
             fn_sel = match.logical_and_(sel)  # (A, W)

@@ -108,8 +108,8 @@ class GloFND(Strategy):
         with torch.no_grad():
             s = negs.sim.detach()
             ids = ctx.ids
-            lam = self.lam[ids].to(s.dtype)  # (B,)
-            keep, g = glofnd_step(s, negs.mask, lam, cfg.alpha)
+            lam = self.lam[ids]  # (B,)
+            keep, g = glofnd_step(s, negs.mask, lam.to(s.dtype), cfg.alpha)
             negs.mask = keep
             # one Adam step on each item's lambda; bias correction by the epoch, as the
             # authors' code (a host count: steps and batch size are known on the host)
@@ -118,7 +118,7 @@ class GloFND(Strategy):
             v = self.v[ids] * BETA2 + g.float().square() * (1 - BETA2)  # (B,)
             m_hat = m / (1 - BETA1 ** (epoch + 1))
             v_hat = v / (1 - BETA2 ** (epoch + 1))
-            new = (self.lam[ids] - cfg.lr * m_hat / (v_hat.sqrt() + EPS)).clamp_(-1.0, 1.0)
+            new = (lam - cfg.lr * m_hat / (v_hat.sqrt() + EPS)).clamp_(-1.0, 1.0)
             self.m.index_copy_(0, ids, m)
             self.v.index_copy_(0, ids, v)
             self.lam.index_copy_(0, ids, new)

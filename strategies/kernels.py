@@ -119,6 +119,12 @@ def below_positive(s: Tensor, s_pos: Tensor, absolute: float, relative: float) -
     return keep
 
 
+def not_above_positive(s: Tensor, s_pos: Tensor, margin: float) -> Tensor:
+    """(A, P) bool: the candidates not scored above the anchor's positive ``s_pos`` (A,) by
+    more than ``margin``, s_n <= s_p + margin (GISTEmbed's guide rule, self-guided)."""
+    return s <= (s_pos + margin)[:, None]
+
+
 def pick_k(s: Tensor, keep: Tensor, k: int, how: str, generator: torch.Generator) -> Tensor:
     """(A, P) bool: at most ``k`` of each row's ``keep`` candidates, the most similar
     (``how="top"``) or uniformly at random (``"random"``); all of them when ``k`` is 0 or at

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from negbench.strategies import Float, Negatives, StepContext, Strategy, StrategyError, register
-from negbench.strategies.kernels import in_batch_scored
+from negbench.strategies.kernels import in_batch_scored, not_above_positive
 
 
 @dataclass(frozen=True)
@@ -36,12 +36,6 @@ class SelfGuidedConfig:
     def __post_init__(self):
         if not -2.0 <= self.margin <= 2.0:
             raise StrategyError(f"self-guided: margin must lie in [-2, 2], got {self.margin}")
-
-
-def self_guided_mask(s: Tensor, s_pos: Tensor, valid: Tensor, margin: float) -> Tensor:
-    """(A, P) bool: the ``valid`` candidates not above the positive's score by more than
-    ``margin`` (s_n <= s_p + margin)."""
-    return valid & (s <= (s_pos + margin)[:, None])
 
 
 @register("self-guided")
@@ -56,5 +50,5 @@ class SelfGuided(Strategy):
     def mine(self, q: Tensor, k: Tensor, ctx: StepContext) -> Negatives:
         negs, s, s_pos = in_batch_scored(q, k, ctx.ids)
         with torch.no_grad():
-            negs.mask = self_guided_mask(s, s_pos, negs.mask, self.cfg.margin)
+            negs.mask &= not_above_positive(s, s_pos, self.cfg.margin)
         return negs
