@@ -190,10 +190,9 @@ def cell_key(cfg: RunConfig) -> str:
             parent = parent.get(k, {})
         if last in parent and _same(parent[last], value):
             del parent[last]
-    groupings = suites.get(cfg.suite).groupings
     sc = d.get("suite_cfg") or {}
-    if groupings and sc.get("classes") == max(groupings):
-        del sc["classes"]
+    if "classes" in sc and suites.get(cfg.suite).coarser_grouping(cfg.suite_cfg) is None:
+        del sc["classes"]  # the suite's own classes
     blob = json.dumps(d, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -324,5 +324,5 @@ def _begin_immediate(engine) -> None:
 
 __all__ = ["CELL_TAG", "DEFAULT_DIR", "STORAGE_ENV", "TRACKING_ENV", "StoreError",
            "check_tracking_uri", "close_runs", "completed", "default_uri", "env_storage",
-           "file_lock", "mlflow_client", "open_optuna", "queue_url", "quiet", "redact",
-           "resolve_uri", "search_runs", "sqlite_path", "url_env"]
+           "file_lock", "mlflow_client", "open_optuna", "queue_url", "quiet", "resolve_uri",
+           "search_runs", "sqlite_path", "url_env"]

@@ -83,14 +83,24 @@ class Suite:
                              f"{', '.join(map(str, sorted(cls.groupings)))}; got {k}")
 
     @classmethod
+    def coarser_grouping(cls, cfg: Any) -> int | None:
+        """``suite.classes`` when it groups the suite's classes coarsely (fewer groups than its
+        own classes, the largest key of ``groupings``), else None (no grouping asked, or the
+        suite's own classes, which leave the labels as they are)."""
+        k = getattr(cfg, "classes", None)
+        if k is None or not cls.groupings or k == max(cls.groupings):
+            return None
+        return k
+
+    @classmethod
     def class_prior(cls, cfg: Any) -> float | None:
         """At a coarser ``suite.classes`` grouping, the share of a uniform negative that falls
         in the anchor's group, sum_g (|g| / C)^2 (the native classes counted as balanced): the
         class prior tau+ of Chuang et al. 2020, which the harness gives every strategy with a
         ``tau_plus`` knob unless it is set. None at the native classes (the paper's default
         stands) and for a suite without groupings."""
-        k = getattr(cfg, "classes", None)
-        if k is None or not cls.groupings or k == max(cls.groupings):
+        k = cls.coarser_grouping(cfg)
+        if k is None:
             return None
         n = max(cls.groupings)
         return sum((len(m) / n) ** 2 for _, m in cls.groupings[k])
@@ -99,7 +109,7 @@ class Suite:
         """The splits (cached after the first call), labelled by ``suite.classes`` groups."""
         if self._data is None:
             data = self._load()
-            k = getattr(self.cfg, "classes", None)
+            k = self.coarser_grouping(self.cfg)
             if k is not None:
                 data = regroup(data, self.groupings[k])
             self._data = data
