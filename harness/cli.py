@@ -63,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "identical budgets: downstream accuracy, false-negative rate and compute "
                     "cost, tracked in mlflow.",
     )
+    parser.add_argument("--plugin", dest="plugins", action="append", default=[],
+                        metavar="MODULE_OR_FILE",
+                        help="import a plugin (a .py file or a module) that registers strategies "
+                             "or suites, before the command runs; may follow the subcommand too "
+                             "(repeatable; README: Plugins)")
     sub = subcommands(parser)
 
     p = sub.add_parser("run", help="train and evaluate one strategy on one suite",
@@ -150,6 +155,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("strategies", help="list the registered strategies",
                        description="List every registered strategy with its paper and knobs.")
     p.set_defaults(handler=cmd_strategies)
+    p = sub.add_parser("check", help="run the registry's contract checks on one strategy or "
+                                     "suite (a plugin's)",
+                       description="Check one strategy or suite (yours, loaded with --plugin, "
+                                   "or a registered one) against the contract every registered "
+                                   "one meets, and print a pass/fail table. A strategy: declares "
+                                   "a paper and a frozen Config with its space; well-formed "
+                                   "negatives; never its anchor's own instance; no labels unless "
+                                   "it is an oracle reference; no host sync in the step; same "
+                                   "seed, same output; a real run on digits within its budget. "
+                                   "A suite: data present, disjoint well-formed splits, random "
+                                   "reproducible views, the encoder's interface, a short real "
+                                   "run. Exit status 1 when a check fails.")
+    p.add_argument("kind", choices=("strategy", "suite"), help="what to check")
+    p.add_argument("name", help="its registered name")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="a suite's settings, e.g. suite.root=PATH (repeatable)")
+    p.add_argument("--data-dir", default=None, help="where a suite looks for its data first")
+    p.set_defaults(handler=cmd_check)
+
     p = sub.add_parser("suites", help="list the suites and whether their data is present",
                        description="List every suite: data source, size, encoder, default "
                                    "budget and whether its data is present.")
@@ -307,18 +331,48 @@ def cmd_strategies(args) -> int:
     from negbench import strategies
 
     t = Table(title="negative-sampling strategies")
-    for c in ("name", "paper", "knobs (defaults)"):
+    for c in ("name", "paper", "knobs (defaults)", "origin"):
         t.add_column(c)
     for n in strategies.names():
         cls = strategies.get(n)
         knobs = ", ".join(f"{f.name}={getattr(cls.Config(), f.name)!r}"
                           for f in dataclasses.fields(cls.Config))
-        t.add_row(f"{n} (oracle)" if cls.oracle else n, cls.paper, knobs or "-")
+        t.add_row(f"{n} (oracle)" if cls.oracle else n, cls.paper, knobs or "-",
+                  strategies.REGISTRY.origin(n))
     out = console(stderr=False)
     out.print(t)
     out.print("(oracle): a reference that reads the labels; reports show it as a bound, never "
               "ranked. Suites may declare their own defaults for a strategy's knobs: "
               "`negbench suites` lists them.", highlight=False)
+    return 0
+
+
+def cmd_check(args) -> int:
+    from rich.table import Table
+
+    from negbench.harness.check import check_strategy, check_suite
+    from negbench.harness.config import parse_sets
+
+    if args.kind == "strategy":
+        if args.sets:
+            raise UserError("check strategy takes no --set: it checks the strategy's defaults")
+        results = check_strategy(args.name)
+    else:
+        results = check_suite(args.name, parse_sets(args.sets), data_dir=args.data_dir)
+    t = Table(title=f"negbench check {args.kind} {args.name}")
+    for c in ("check", "result", "detail"):
+        t.add_column(c)
+    for r in results:
+        t.add_row(r.check, "pass" if r.ok else "[red]FAIL[/red]", r.detail)
+    out = console(stderr=False)
+    out.print(t)
+    failed = [r for r in results if not r.ok]
+    if failed:
+        console().print(f"{args.kind} {args.name}: FAILS {len(failed)} of {len(results)} checks: "
+                        + "; ".join(f"{r.check}: {r.detail}" for r in failed),
+                        soft_wrap=True, highlight=False)
+        return EXIT_FAILED
+    out.print(f"{args.kind} {args.name}: passes all {len(results)} checks", highlight=False)
     return 0
 
 
@@ -329,7 +383,7 @@ def cmd_suites(args) -> int:
 
     t = Table(title="benchmark suites")
     for c in ("name", "modality", "data source", "size (train/val/test)", "encoder",
-              "default budget", "data"):
+              "default budget", "data", "origin"):
         t.add_column(c)
     missing = []
     for n in suites.names():
@@ -343,7 +397,8 @@ def cmd_suites(args) -> int:
             missing.append(status)
         kind, amount = s.default_budget
         t.add_row(n, s.modality, s.source, size, s.describe_encoder(), f"{kind}={amount:,.0f}",
-                  "present" if status == "present" else "missing (see below)")
+                  "present" if status == "present" else "missing (see below)",
+                  suites.REGISTRY.origin(n))
     out = console(stderr=False)
     out.print(t)
     for line in missing:  # the how-to lines, whole, under the table
@@ -545,9 +600,30 @@ def _ablation_summary(spec, cells, tracking_uri, failures: dict[str, str], args)
     return EXIT_FAILED if missing else 0
 
 
+def hoist_plugins(argv: list[str]) -> list[str]:
+    """``argv`` with every ``--plugin X`` (or ``--plugin=X``) moved before the subcommand, where
+    the top-level parser takes it, so that it may be written anywhere on the line."""
+    plugins, rest, i = [], [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--":
+            rest += argv[i:]
+            break
+        if a == "--plugin" and i + 1 < len(argv):
+            plugins += [a, argv[i + 1]]
+            i += 2
+            continue
+        if a.startswith("--plugin="):
+            plugins.append(a)
+        else:
+            rest.append(a)
+        i += 1
+    return plugins + rest
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(hoist_plugins(argv))
     return run_command(args, ["negbench", *argv])
 
 

@@ -97,6 +97,11 @@ def run_command(args: argparse.Namespace, words: Sequence[str]) -> int:
     inherited = os.environ.get(COMMAND_ENV)
     os.environ[COMMAND_ENV] = inherited or redact(shlex.join(list(words)))
     try:
+        if getattr(args, "plugins", None):  # --plugin: before the command looks anything up
+            from negbench.strategies.registry import load_plugin
+
+            for ref in args.plugins:
+                load_plugin(ref)
         handler: Callable[[argparse.Namespace], int] = args.handler
         return handler(args)
     except NegbenchError as e:

@@ -4,6 +4,8 @@ cells, each a fully resolved :class:`~negbench.harness.config.RunConfig` with a 
 Format (every key but ``suites`` and ``strategies`` optional)::
 
     name = "demo"                    # the mlflow experiment; default: the file's stem
+    plugins = ["my_strategy.py"]     # plugins to import first (files relative to this spec,
+                                     # or modules): their strategies and suites may be named
     suites = ["digits", "bbc-news"]
     strategies = "all"               # or a list of registered names
     seeds = 3                        # a count (seeds 0..2) or a list of seeds
@@ -69,8 +71,9 @@ from typing import Any
 
 from negbench import NegbenchError, strategies, suites
 from negbench.harness.config import ConfigError, RunConfig, build_config, parse_budget
+from negbench.strategies.registry import PluginError, load_plugin
 
-TOP_KEYS = ("name", "suites", "strategies", "seeds", "budget", "tuned", "objective",
+TOP_KEYS = ("name", "plugins", "suites", "strategies", "seeds", "budget", "tuned", "objective",
             "overrides", "strategy", "suite", "sweep", "fn_filters")
 TUNED_TAG = "negbench.tuned"
 SWEEP_TAG = "negbench.sweep"
@@ -258,6 +261,15 @@ def load_spec(path: str | Path) -> Spec:
     for k in raw:
         if k not in TOP_KEYS:
             raise SpecError(f"{where}: unknown key {k!r}; allowed: {', '.join(TOP_KEYS)}")
+    plugins = raw.get("plugins", [])
+    if not isinstance(plugins, list) or not all(isinstance(v, str) and v for v in plugins):
+        raise SpecError(f"{where}: plugins must be a list of files or module names; "
+                        f"got {plugins!r}")
+    for ref in plugins:  # before any name is looked up: they may register strategies and suites
+        try:
+            load_plugin(ref, base=p.parent)
+        except PluginError as e:
+            raise SpecError(f"{where}: {e}") from None
     for k in ("suites", "strategies"):
         if k not in raw:
             raise SpecError(f"{where}: missing key {k!r} (a list of names, or \"all\")")

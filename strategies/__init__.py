@@ -16,7 +16,8 @@ from negbench.strategies.base import (
 )
 from negbench.strategies.registry import Registry, RegistryError
 
-REGISTRY = Registry("strategy", package=__name__, path=__path__)
+REGISTRY = Registry("strategy", package=__name__, path=__path__,
+                    entry_points="negbench.strategies")
 register = REGISTRY.register
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 from negbench.strategies.registry import Registry, RegistryError
 from negbench.suites.base import DataUnavailable, Split, Suite, SuiteData, SuiteError
 
-REGISTRY = Registry("suite", package=__name__, path=__path__)
+REGISTRY = Registry("suite", package=__name__, path=__path__,
+                    entry_points="negbench.suites")
 register = REGISTRY.register
 
 

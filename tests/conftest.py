@@ -20,48 +20,10 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from negbench.strategies import StepContext
+from negbench.harness.check import Table, make_ctx  # noqa: F401  (the tests' fake encoder)
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-
-
-class Table:
-    """A fake encoder over N items: row i of a fixed (N, D) table of unit vectors."""
-
-    def __init__(self, n: int, d: int, seed: int = 0, device: str = "cpu"):
-        g = torch.Generator().manual_seed(seed)
-        self.z = F.normalize(torch.randn(n, d, generator=g), dim=1).to(device)
-        self.encoded = 0
-        self.refreshes = 0
-
-    def encode(self, ids: torch.Tensor, grad: bool) -> torch.Tensor:
-        self.encoded += ids.shape[0]
-        return self.z[ids]
-
-    def encode_all(self) -> torch.Tensor:
-        self.refreshes += 1
-        return self.z.clone()
-
-
-def make_ctx(ids: torch.Tensor, table: Table, *, step: int = 0, fraction: float = 0.0,
-             seed: int = 0, temperature: float = 0.2, mining: list | None = None,
-             strategy: str | None = None) -> StepContext:
-    """A step context over ``table``. With ``strategy`` the name of an oracle reference, it
-    holds labels too (item i of the table has label i mod 3), as the trainer gives them to
-    oracles alone."""
-    from negbench import strategies
-
-    g = torch.Generator(device=ids.device).manual_seed(seed)
-    charges = mining if mining is not None else []
-    n = table.z.shape[0]
-    labels = None
-    if strategy is not None and strategies.get(strategy).oracle:
-        labels = torch.arange(n, device=ids.device) % 3
-    return StepContext(step=step, fraction=fraction, ids=ids, generator=g,
-                       n_train=n, encode=table.encode, encode_all=table.encode_all,
-                       charge_mining=charges.append, temperature=temperature, labels=labels)
 
 
 @pytest.fixture

@@ -9,42 +9,16 @@ strategy updates, on `make_ctx` inputs.
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import Table, make_ctx
 
 from negbench import strategies
+from negbench.harness.check import HostRead, no_host_reads
 from negbench.harness.config import ObjectiveConfig, build_config, parse_budget
 from negbench.harness.metrics import NegativeMeter
 from negbench.harness.objectives import make_objective
-
-READS = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__", "numpy", "cpu")
-
-
-class HostRead(AssertionError):
-    pass
-
-
-@contextlib.contextmanager
-def no_host_reads():
-    """Tensor methods that copy a value to the host raise inside the block."""
-    saved = {name: getattr(torch.Tensor, name) for name in READS}
-
-    def forbid(name):
-        def read(self, *a, **k):
-            raise HostRead(f"Tensor.{name} inside the step")
-        return read
-
-    try:
-        for name in READS:
-            setattr(torch.Tensor, name, forbid(name))
-        yield
-    finally:
-        for name, f in saved.items():
-            setattr(torch.Tensor, name, f)
 
 
 def test_the_guard_catches_a_read():
