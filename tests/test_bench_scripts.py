@@ -3,11 +3,13 @@ a script named like one of our packages would shadow it."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCH = sorted((Path(__file__).resolve().parent.parent / "bench").glob("*.py"))
 
@@ -34,3 +36,32 @@ def test_health_table_resumes_from_the_runs_it_recorded(tmp_path):
     row = [ln for ln in first.stdout.splitlines() if ln.startswith("| digits | in-batch |")]
     assert row and row == [ln for ln in again.stdout.splitlines()
                            if ln.startswith("| digits | in-batch |")]
+
+
+GPU_CHECK = Path(__file__).resolve().parents[1] / "bench" / "gpu_check.sh"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+def test_gpu_check_without_a_gpu_says_so_and_exits_0():
+    r = subprocess.run(["bash", str(GPU_CHECK)], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHON": sys.executable})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == ("gpu_check: no CUDA device here (torch.cuda.is_available() is "
+                                "False); nothing to check")
+
+
+@pytest.mark.slow
+def test_gpu_check_rehearses_every_part_on_a_cpu(tmp_path):
+    """The whole script at tiny sizes on the CPU: each part exits 0 and the table has a row for
+    each part and each strategy, so a GPU session's one run is not spent on a script bug."""
+    env = {**os.environ, "PYTHON": sys.executable, "DEVICE": "cpu", "STEPS": "2",
+           "OVERHEAD_SAMPLES": "512", "REPEATS": "1", "STRATEGIES": "in-batch random",
+           "SUITES": "digits", "FAST_SETS": "--set speed.channels_last=true",
+           "OUT": str(tmp_path)}
+    r = subprocess.run(["bash", str(GPU_CHECK)], capture_output=True, text=True, timeout=900,
+                       env=env)
+    assert r.returncode == 0, r.stderr
+    for part in ("sync-debug", "overhead", "run-fp32", "run-fast", "strategies"):
+        assert f"| {part} | 0 |" in r.stdout, (part, r.stdout)
+    assert "| digits | in-batch |" in r.stdout and "| digits | random |" in r.stdout
+    assert "samples/s, kNN 0." in r.stdout and "error" not in r.stdout
