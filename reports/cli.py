@@ -15,10 +15,14 @@ from negbench.harness.console import add_tracking_uri, console, main_of, progres
 
 DESCRIPTION = (
     "Write the comparison report of an experiment's tracked runs: per suite and budget, the "
-    "strategies ranked by kNN and linear accuracy (mean and 95% confidence interval over "
-    "seeds), a paired t-test against in-batch, FNR, hardness and cost side by side, the Pareto "
-    "front of accuracy against compute, training curves, FNR by hardness decile, tuned against "
-    "default configs, a budget audit of every run, failed runs and provenance. Writes "
+    "strategies ranked by kNN and linear accuracy with 95% intervals over test items and seeds, "
+    "each compared with in-batch on the same test items (exact McNemar with one seed, a paired "
+    "bootstrap over seeds and items with several; Holm-corrected over a section), the "
+    "representation health of each "
+    "run and the untrained encoder's floors, runs that did not train set apart, oracle "
+    "references and the false-negative headroom, FNR, hardness and cost side by side, the "
+    "Pareto front of accuracy against compute, training curves, FNR by hardness decile, tuned "
+    "against default configs, a budget audit of every run, failed runs and provenance. Writes "
     "index.html (self-contained, no network), report.md, report.json and the figures as PNG "
     "files, and prints the path of index.html.")
 
