@@ -27,6 +27,7 @@ from negbench.harness.console import (
 )
 from negbench.harness.redact import redact
 from negbench.harness.store import env_storage
+from negbench.harness.submit import add_parser as add_submit_parser
 from negbench.harness.tune import add_parser as add_tune_parser
 from negbench.reports.cli import add_parser as add_report_parser
 
@@ -150,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_worker)
 
     add_tune_parser(sub)
+    add_submit_parser(sub)
     add_report_parser(sub)
 
     p = sub.add_parser("strategies", help="list the registered strategies",
