@@ -33,11 +33,14 @@ default), with D = 128 and random unit vectors (seeded) for the two views q and 
    selection in index form (per-anchor candidates: ``dynamic``) is held to the plain InfoNCE of
    its own form: the same logits from one batched product of each anchor with its own
    (1 + W, D) candidates (``einsum``), which moves A x W x D numbers where the shared floor moves
-   W x D; the report marks it "per-anchor". Strategy and floor steps are interleaved
-   (alternating which goes first) so that noise from other jobs on the machine hits both; each
-   time is the median over the repeats, and the ratio held to the 2x target is the median of
-   the per-pair ratios (a step over the floor step timed next to it), so that a drift of the
-   machine's speed within a case cancels. The ratio of the two medians is printed beside it.
+   W x D; the report marks it "per-anchor". An index into the batch's own views alone (K
+   drawn from the scored batch: ``simans``) is held to the shared floor over the whole batch
+   (W = P), since no strategy can pick among the batch's views without scoring them. Strategy
+   and floor steps are interleaved (alternating which goes first) so that noise from other
+   jobs on the machine hits both; each time is the median over the repeats, and the ratio held
+   to the 2x target is the median of the per-pair ratios (a step over the floor step timed
+   next to it), so that a drift of the machine's speed within a case cancels. The ratio of the
+   two medians is printed beside it.
 3. **Memory**, two ways, both cheap and honest about what they are:
    - *peak RSS growth*: each (strategy, B) runs in a fresh subprocess; after imports, the
      strategy's construction and the inputs, ``ru_maxrss`` is read, then the warm-up steps run
@@ -282,6 +285,10 @@ def run_strategy_case(spec: dict) -> dict:
     step += 1
     a, w, p = negs.num_anchors, negs.width, negs.pool_size
     per_anchor = negs.index is not None  # per-anchor candidates: the per-anchor floor
+    if per_anchor and negs.batch_views and p == negs.batch_views:
+        # K drawn by index from the batch's own views, which it must score first (simans):
+        # held to the in-batch floor over the whole batch, the cheapest way to score it
+        per_anchor, w = False, p
     del negs
     floor_step(a, w, gen, per_anchor)  # warm the floor's kernels
     sel, obj, up, enc, tot, flo = [], [], [], [], [], []

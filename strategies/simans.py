@@ -15,7 +15,8 @@ removed), with a = 0.5 and b = 0 (its argparse defaults; TriviaQA's script; NQ's
 Here: over each anchor's in-batch candidates (SimCLR's 2B - 2 views of other instances), the
 ``top_k`` most similar form the candidate set, and ``K`` of them are drawn without replacement
 with those probabilities (Gumbel-top-K keys, one vectorised pass; the same draw as sequential
-sampling without replacement).
+sampling without replacement). The selection is returned in index form, (A, K) pool rows with
+their similarities gathered from the scoring product, so the objective works on K columns.
 
 NOTE: SimANS's scores are inner products of a dense retriever's un-normalised embeddings, whose
 gaps between candidates span several units; cosine similarities span [-1, 1]. So the distance is
@@ -69,10 +70,11 @@ class SimANSConfig:
 
 
 def simans_draw(s: Tensor, s_pos: Tensor, valid: Tensor, cfg: SimANSConfig, tau: float,
-                generator: torch.Generator) -> Tensor:
-    """(A, P) bool: K of each anchor's ``top_k`` most similar ``valid`` candidates, drawn
-    without replacement with p ∝ exp(-a (gap - b)^2): the K largest Gumbel-perturbed log
-    probabilities, computed on the (A, top_k) candidate columns only."""
+                generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """K of each anchor's ``top_k`` most similar ``valid`` candidates, drawn without
+    replacement with p ∝ exp(-a (gap - b)^2): the K largest Gumbel-perturbed log
+    probabilities, computed on the (A, top_k) candidate columns only. Returns the (A, K) pool
+    columns drawn and (A, K) bool, False where an anchor had fewer than K candidates."""
     a_n, p = s.shape
     k_top = min(cfg.top_k, p)
     # the candidate set: the top_k valid by similarity (int32 keys: CPU top-k is faster on
@@ -87,8 +89,7 @@ def simans_draw(s: Tensor, s_pos: Tensor, valid: Tensor, cfg: SimANSConfig, tau:
     gumbel = u.clamp_(1e-12, 1.0).log_().neg_().log_().neg_()  # -log(-log u)
     keys = logp.add_(gumbel).add_((~ok).to(s.dtype), alpha=-1e4)  # (A, k_top)
     pick = keys.topk(min(cfg.K, k_top), dim=1).indices  # (A, K)
-    chosen = cols.gather(1, pick)  # (A, K) pool columns
-    return torch.zeros_like(valid).scatter_(1, chosen, ok.gather(1, pick))
+    return cols.gather(1, pick), ok.gather(1, pick)  # (A, K) pool columns, their validity
 
 
 @register("simans")
@@ -103,5 +104,7 @@ class SimANS(Strategy):
         cfg = self.cfg
         negs, s, s_pos = in_batch_scored(q, k, ctx.ids)
         with torch.no_grad():
-            negs.mask = simans_draw(s, s_pos, negs.mask, cfg, ctx.temperature, ctx.generator)
+            cols, ok = simans_draw(s, s_pos, negs.mask, cfg, ctx.temperature, ctx.generator)
+        # index form: the objective works on the K drawn columns, not a mask over all of P
+        negs.index, negs.mask, negs.sim = cols, ok, negs.sim.gather(1, cols)  # (A, K) each
         return negs

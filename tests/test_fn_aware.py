@@ -26,6 +26,12 @@ def _mine(name: str, q, k, seed: int = 0, **knobs):
     return strat.select(q, k, make_ctx(ids, Table(100, q.shape[1]), seed=seed))
 
 
+def _pool_selection(negs) -> torch.Tensor:
+    """(A, P) bool: the pool columns an index-form selection uses (its valid entries)."""
+    a, p = negs.num_anchors, negs.pool_size
+    return torch.zeros(a, p, dtype=torch.bool).scatter_(1, negs.index, negs.selected())
+
+
 def _pairs(q, k):
     """(anchors, positives, their ids) as SimCLR's symmetric selection lays them out."""
     z = torch.cat([q, k])
@@ -150,7 +156,9 @@ def test_simans_draws_k_from_the_top_k_only():
     q, k = _views(b=16, seed=7)
     probs = _loop_simans_probs(q, k, 0.5, 0.0, 10, 0.2)
     for seed in range(5):
-        sel = _mine("simans", q, k, seed=seed, top_k=10, K=4).selected()
+        negs = _mine("simans", q, k, seed=seed, top_k=10, K=4)
+        assert negs.index.shape == (32, 4) and negs.sim.shape == (32, 4)  # index form
+        sel = _pool_selection(negs)
         assert torch.equal(sel.sum(1), torch.full((32,), 4))
         for i in range(32):
             assert set(sel[i].nonzero().flatten().tolist()) <= set(probs[i])
@@ -165,7 +173,8 @@ def test_simans_frequencies_match_its_probabilities(a, b):
     draws = 3000
     counts = torch.zeros(12, 12, dtype=torch.float64)
     for seed in range(draws):
-        counts += _mine("simans", q, k, seed=seed, a=a, b=b, top_k=6, K=1).selected().double()
+        counts += _pool_selection(_mine("simans", q, k, seed=seed, a=a, b=b, top_k=6,
+                                        K=1)).double()
     for i in range(12):
         for c in range(12):
             p = probs[i].get(c, 0.0)
