@@ -348,15 +348,19 @@ def check_suite(name: str, sets: dict[str, str] | None = None,
         if not all(len(s) for s in parts):
             raise AssertionError("a split is empty: " + "/".join(str(len(s)) for s in parts))
         for s in parts:
-            if s.y.dtype != torch.long or int(s.y.min()) < 0 or int(s.y.max()) >= d.n_classes:
-                raise AssertionError(f"labels must be int64 in [0, {d.n_classes})")
+            if s.y.dtype != torch.long or s.y.shape != (len(s),):
+                raise AssertionError("labels must be (N,) int64")
+            if d.labelled and (int(s.y.min()) < 0 or int(s.y.max()) >= d.n_classes):
+                raise AssertionError(f"labels must lie in [0, {d.n_classes})")
+            if not d.labelled and not bool((s.y == -1).all()):
+                raise AssertionError("a suite without labels (n_classes 0) gives labels -1")
         if any(s.source is None or s.source.shape != s.y.shape for s in parts):
             raise AssertionError("each split needs `source`, one index per item")
         joined = torch.cat([s.source for s in parts])
         if joined.unique().numel() != joined.numel():
             raise AssertionError("an item lies in two splits")
-        return (f"{len(d.train):,}/{len(d.val):,}/{len(d.test):,} items, "
-                f"{d.n_classes} classes, disjoint")
+        classes = f"{d.n_classes} classes" if d.labelled else "no labels"
+        return f"{len(d.train):,}/{len(d.val):,}/{len(d.test):,} items, {classes}, disjoint"
 
     def views() -> str:
         x = box["data"].train.x[:16]

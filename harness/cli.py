@@ -234,11 +234,14 @@ def cmd_run(args) -> int:
         t = Table(title=f"{cfg.suite} / {cfg.strategy} / seed {cfg.seed}")
         t.add_column("metric")
         t.add_column("value", justify="right")
+        from negbench.harness.runner import LABEL_METRICS, NO_LABELS
+
         suite_own = sorted(k for k in result.metrics if k.startswith("retrieval_"))
         for k in ("knn_acc", "linear_acc", *suite_own, "fnr", "fnr_weighted", "hardness",
                   "collisions_per_anchor", "samples_seen", "steps", "flops", "wall_seconds",
                   "samples_per_second", "peak_mem_mb"):
-            t.add_row(k, format_value(result.metrics.get(k)))
+            na = not result.labelled and k in LABEL_METRICS
+            t.add_row(k, NO_LABELS if na else format_value(result.metrics.get(k)))
         con.print(t)
         con.print(f"mlflow run {result.run_id} in {redact(resolve_uri(args.tracking_uri))}")
     return 0
@@ -257,7 +260,10 @@ def strategy_table(title: str, per: dict[str, list[dict]], cols: list[tuple[str,
     t.add_column("strategy")
     for _, heading in cols:
         t.add_column(heading, justify="right")
-    order = sorted(per, key=lambda n: -statistics.mean(m.get("knn_acc", 0) for m in per[n]))
+    # best kNN accuracy first; by retrieval MRR where no run has one (a suite without labels)
+    rank = ("knn_acc" if any("knn_acc" in m for ms in per.values() for m in ms)
+            else "retrieval_mrr")
+    order = sorted(per, key=lambda n: -statistics.mean(m.get(rank, 0) for m in per[n]))
     for n in order:
         row = []
         for key, _ in cols:
@@ -580,6 +586,11 @@ def _ablation_summary(spec, cells, tracking_uri, failures: dict[str, str], args)
         t = strategy_table(f"{spec.name} / {suite}: {len(spec.seeds)} seed(s), mean ± std", per,
                            shown)
         out.print(t)
+        if not any("knn_acc" in m for ms in per.values() for m in ms):
+            from negbench.harness.runner import NO_LABELS
+
+            out.print(f"{suite}: kNN acc, linear acc and FNR: {NO_LABELS} (ranked by MRR)",
+                      highlight=False)
     missing = [c.label for c in cells if c.key not in done]
     for label, why in failures.items():
         out.print(f"[red]failed[/red] {label}: {why}", highlight=False)

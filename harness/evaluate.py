@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from negbench.harness.config import EvalConfig
+from negbench.harness.config import ConfigError, EvalConfig
 from negbench.suites import Split, Suite, SuiteData
 
 # called with the name of every split an evaluation reads ("val", "test"), before it reads it
@@ -114,6 +114,8 @@ def evaluate_items(encoder: nn.Module, suite: Suite, data: SuiteData, cfg: EvalC
     (``{"knn": (Q,) bool, "linear": (Q,) bool}``, in the split's order): what the report's
     per-item intervals and paired tests are computed from."""
     query = read_split(data, cfg.split)
+    if not data.labelled:  # no labels, no probe: the suite's own metrics alone
+        return dict(suite.evaluate_extra(encoder, data, cfg.split)), {}
     tf = embed(encoder, suite, data.train.x)
     qf = embed(encoder, suite, query.x)
     items = {
@@ -143,6 +145,8 @@ def items_record(split: str, items: dict[str, Tensor]) -> dict[str, str | int]:
 def knn_accuracy(encoder: nn.Module, suite: Suite, data: SuiteData, split: str,
                  cfg: EvalConfig) -> float:
     """kNN top-1 alone on ``split``: the cheap evaluation tuning reports at its checkpoints."""
+    if not data.labelled:
+        raise ConfigError(f"{suite.name}: its data has no labels, so no kNN accuracy")
     query = read_split(data, split)
     tf = embed(encoder, suite, data.train.x)
     qf = embed(encoder, suite, query.x)

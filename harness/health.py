@@ -137,6 +137,11 @@ def verdict(metrics: dict[str, float]) -> tuple[str, str]:
     if knn <= floor_knn:
         reasons.append(f"kNN accuracy {knn:.4f} is not above the untrained encoder's "
                        f"{floor_knn:.4f}")
+    elif "knn_acc" not in metrics:  # a suite without labels: its retrieval MRR instead
+        mrr, floor_mrr = get("retrieval_mrr"), get("floor_retrieval_mrr")
+        if mrr <= floor_mrr:
+            reasons.append(f"retrieval MRR {mrr:.4f} is not above the untrained encoder's "
+                           f"{floor_mrr:.4f} (no labels: no kNN accuracy)")
     if reasons:
         return "degraded", "; ".join(reasons)
     return "ok", "spread kept and above the untrained encoder"

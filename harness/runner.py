@@ -45,6 +45,10 @@ from negbench.harness.tracking import Tracker, run_tags
 from negbench.strategies import Negatives, StepContext
 
 HARD_NEGATIVE_ID = -1  # dataset id of a supervised hard negative: not a training item
+# what the oracle labels give: left out of a run whose suite has none (SuiteData.labelled)
+LABEL_METRICS = ("knn_acc", "linear_acc", "fnr", "fnr_weighted", "filter_precision",
+                 "filter_recall")
+NO_LABELS = "n/a: no labels"  # what tables print for them
 
 
 class RunFailed(NegbenchError, RuntimeError):
@@ -107,11 +111,13 @@ class RunResult:
     deciles: dict[str, list[float]] = field(default_factory=dict)
     health: str = ""  # the verdict: ok, degraded or collapsed (harness.health.verdict)
     health_reason: str = ""
+    labelled: bool = True  # False: the suite has no labels, LABEL_METRICS are absent
 
 
 # budget fractions at which a run's representation health joins its training curve
 HEALTH_AT = (0.25, 0.5, 0.75)
 HEALTH_TAG, HEALTH_REASON_TAG = "negbench.health", "negbench.health_reason"
+LABELS_TAG = "negbench.labels"  # "none" on a run whose suite has no labels
 FILTER_TAG = "negbench.fn_filter"  # the run's false-negative filter, when it has one
 ORACLE_TAG, FLOOR_KEY_TAG, FLOOR_FROM_TAG = "negbench.oracle", "negbench.floor_key", \
     "negbench.floor_from"
@@ -178,6 +184,10 @@ class Trainer:
         self.strategy = strategies.create(cfg.strategy, cfg.strategy_cfg,
                                           dim=self.encoder.out_dim,
                                           n_train=self.n_train).to(self.device)
+        self.labelled = self.data.labelled
+        if not self.labelled and (self.strategy.oracle or cfg.fn_filter == "oracle"):
+            who = cfg.strategy if self.strategy.oracle else "the oracle filter"
+            raise ConfigError(f"{who} reads the oracle labels, and {cfg.suite}'s data has none")
         m = self.strategy.key_momentum
         self.key_encoder = None
         if m is not None:
@@ -383,6 +393,8 @@ class Trainer:
         self._loss_sum.zero_()
         self._loss_steps = 0
         interval, _ = self.meter.snapshot()
+        if not self.labelled:  # the meter counted against labels of -1: meaningless
+            interval = {k: v for k, v in interval.items() if k not in LABEL_METRICS}
         phases = self.clock.resolve()
         now = time.perf_counter()
         s0, t0 = self._last_log
@@ -538,8 +550,12 @@ class Trainer:
         if self.cfg.fn_filter != "none":
             m.update(filter_metrics(self.filter_counts, self.filter_anchors))
         self.deciles = self.meter.deciles()
+        if not self.labelled:  # hardness deciles need no label; their FNR does
+            self.deciles["fnr"] = [math.nan] * len(self.deciles["edges"])
+            m = {k: v for k, v in m.items() if k not in LABEL_METRICS}
         for i, (e, f) in enumerate(zip(self.deciles["edges"], self.deciles["fnr"], strict=True)):
-            m[f"fnr_decile_{i}"] = f
+            if self.labelled:
+                m[f"fnr_decile_{i}"] = f
             m[f"hardness_decile_edge_{i}"] = e
         return m
 
@@ -579,6 +595,8 @@ def run(cfg: RunConfig, *, tracking_uri: str | None = None, experiment: str = "n
             tags[ORACLE_TAG] = "1"
         if cfg.fn_filter != "none":
             tags[FILTER_TAG] = cfg.fn_filter
+        if not trainer.labelled:
+            tags[LABELS_TAG] = "none"
         tags.update(extra_tags or {})
         tracker.start(run_name or f"{cfg.suite}/{cfg.strategy}/seed{cfg.seed}", cfg.flat(), tags)
         tracker.log_json("config.json", cfg.to_dict())
@@ -637,7 +655,9 @@ def run(cfg: RunConfig, *, tracking_uri: str | None = None, experiment: str = "n
         if tracker is not None:
             reason = f"{type(e).__name__}: {e}"
             tracker.set_tags({"failure": reason[:4000]})
-            tracker.end("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+            # interrupted (Ctrl-C, or a scheduler's signal turned into SystemExit: a Slurm
+            # job preempted), not failed: the cell goes back to the queue
+            tracker.end("KILLED" if isinstance(e, KeyboardInterrupt | SystemExit) else "FAILED")
         raise
     metrics.update(floors)
     verdict, reason = health.verdict(metrics)
@@ -651,7 +671,7 @@ def run(cfg: RunConfig, *, tracking_uri: str | None = None, experiment: str = "n
         tracker.set_tags(tags)
         tracker.end("FINISHED")
     return RunResult(cfg, metrics, tracker.run_id if tracker else None, trainer.history,
-                     trainer.deciles, verdict, reason)
+                     trainer.deciles, verdict, reason, labelled=trainer.labelled)
 
 
 def _recorded_floors(tracker: Tracker | None, key: str) -> tuple[dict[str, float], str] | None:
@@ -667,7 +687,8 @@ def _recorded_floors(tracker: Tracker | None, key: str) -> tuple[dict[str, float
     m = found[0].data.metrics
     floors = {k: v for k, v in m.items()
               if (k.startswith("floor_") and k != "floor_seconds") or k == "raw_knn_acc"}
-    return (floors, found[0].info.run_id) if "floor_knn_acc" in floors else None
+    # floor_align: every run measures it, with labels or without
+    return (floors, found[0].info.run_id) if "floor_align" in floors else None
 
 
 @torch.no_grad()

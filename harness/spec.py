@@ -73,8 +73,8 @@ from negbench import NegbenchError, strategies, suites
 from negbench.harness.config import ConfigError, RunConfig, build_config, parse_budget
 from negbench.strategies.registry import PluginError, load_plugin
 
-TOP_KEYS = ("name", "plugins", "suites", "strategies", "seeds", "budget", "tuned", "objective",
-            "overrides", "strategy", "suite", "sweep", "fn_filters")
+TOP_KEYS = ("name", "suites", "strategies", "seeds", "budget", "tuned", "objective",
+            "overrides", "strategy", "suite", "sweep", "fn_filters", "plugins")
 TUNED_TAG = "negbench.tuned"
 SWEEP_TAG = "negbench.sweep"
 OBJECTIVE_KEYS = ("name", "temperature", "margin", "hardness_alpha")

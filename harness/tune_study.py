@@ -67,7 +67,11 @@ class StudyWork:
         self.name = study_name(job.prefix, suite, strategy)
         sets = {**job.sets, "eval.split": "val"}
         self.base = build_config(suite, strategy, seed=job.seed, budget=job.budget, sets=sets)
-        suite_registry.create(suite, self.base.suite_cfg, data_dir=job.data_dir).locate()
+        s = suite_registry.create(suite, self.base.suite_cfg, data_dir=job.data_dir)
+        s.locate()
+        if not s.load().labelled:
+            raise ConfigError(f"{suite}: its data has no labels; tuning maximises validation "
+                              "kNN accuracy, which needs them")
         self.space = search_space(self.base, fixed=list(job.sets))
         self.defaults = default_params(self.base, self.space)
         self.settings = {

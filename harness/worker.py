@@ -360,9 +360,17 @@ def work(spec: Spec, cells: list[Cell], queue: Queue, *, tracking_uri: str | Non
             trial.set_user_attr("failure", reason[:4000])
             study.tell(trial, state=TrialState.FAIL)
         else:
-            study.tell(trial, metrics.get("knn_acc", math.nan))
+            study.tell(trial, _queue_value(metrics))
         ran += 1
     return ran
+
+
+def _queue_value(metrics: dict[str, float]) -> float:
+    """The value a done cell's trial keeps (bookkeeping: nothing reads it): its kNN accuracy,
+    or 0 for a run without one (a suite without labels), since optuna fails a trial told NaN
+    and the queue would then show a done cell as failed."""
+    v = metrics.get("knn_acc", math.nan)
+    return v if math.isfinite(v) else 0.0
 
 
 def _take(spec: Spec, trial, cell: Cell, queue: Queue, tracking_uri: str | None,
@@ -381,7 +389,7 @@ def _take(spec: Spec, trial, cell: Cell, queue: Queue, tracking_uri: str | None,
     done = completed(tracking_uri, spec.name).get(cell.key)
     if done is not None:  # done by an earlier queue, or by another process just now
         trial.set_user_attr("skipped", "completed in the tracking store")
-        study.tell(trial, done.data.metrics.get("knn_acc", math.nan))
+        study.tell(trial, _queue_value(done.data.metrics))
         emit("skipped", cell)
         return None, None
     tags = {WORKER_TAG: me, TRIAL_TAG: _trial_ref(study, trial), PROCESS_TAG: token}

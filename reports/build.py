@@ -23,10 +23,13 @@ from negbench.reports.data import Runs, latest_per_seed
 from negbench.reports.format import (
     ACCURACY,
     DECILES,
+    NO_LABELS,
     PARETO_COSTS,
     REFERENCE,
+    SUITE_OWN,
     Figure,
     Table,
+    fmt_interval,
     items_dict,
     slug,
 )
@@ -99,6 +102,21 @@ def _strategy_data(sr: SectionRuns, v: str) -> dict:
 
 
 # --------------------------------------------------------------------------- one section
+def unlabelled_headline(sr, suite: str, budget: str) -> str:
+    """The headline of a section whose suite has no labels: what is n/a, and the ranking by
+    retrieval MRR in words, with no verdict (no test of a difference is made on it)."""
+    where = f"{suite} ({budget})"
+    head = (f"{where} has no labels: kNN and linear accuracy and the false-negative rate are "
+            f"{NO_LABELS}.")
+    if not sr.order:
+        return f"{head} No strategy has a ranked result."
+    m = SUITE_OWN["retrieval_mrr"]
+    best = sr.order[0]
+    return (f"{head} By retrieval MRR, {best} ranks first "
+            f"({fmt_interval(sr.intervals[best][m.key], m)}); no difference between "
+            "strategies is tested on it.")
+
+
 def build_section(suite: str, budget: str, df: pd.DataFrame) -> Section:
     """One suite and budget: its finished runs (one per variant and seed) ranked, compared
     with in-batch, with floors, oracle references and runs that did not train apart."""
@@ -132,9 +150,13 @@ def build_section(suite: str, budget: str, df: pd.DataFrame) -> Section:
         facts.append("Floors: not recorded by these runs (older runs): whether a run beat the "
                      "untrained encoder cannot be told.")
 
-    # comparisons with in-batch, Holm-adjusted over the section
-    ref = reference_runs(sr)
-    if ref is None:
+    # comparisons with in-batch, Holm-adjusted over the section (in kNN accuracy: none for a
+    # suite without labels)
+    ref = reference_runs(sr) if sr.labelled else None
+    if not sr.labelled:
+        notes.append(f"The comparisons with {REFERENCE}, their verdict and the false-negative "
+                     f"headroom are in kNN accuracy: {NO_LABELS}.")
+    elif ref is None:
         notes.append(no_reference_note(sr))
     comps = compare_with_reference(sr, ref)
     verdict = section_verdict(sr, ref, comps)
@@ -149,7 +171,8 @@ def build_section(suite: str, budget: str, df: pd.DataFrame) -> Section:
 
     # oracle references: bounds, never ranked
     data["headroom"], fact = headroom(sr, ref, strategies)
-    facts.append(fact)
+    if sr.labelled:
+        facts.append(fact)
     oracle = oracle_table(sr, ref, strategies)
     if oracle is not None:
         tables.append(oracle)
@@ -171,7 +194,11 @@ def build_section(suite: str, budget: str, df: pd.DataFrame) -> Section:
 
     ctx = HeadlineContext(suite, budget, order, sr.groups, sr.intervals, sr.item_iv, comps,
                           verdict, means, sr.did_not_train, sr.n_items, ref is not None)
-    text = headline(ctx) if sr.by_items else seed_headline(ctx)
+    if not sr.labelled:
+        text = unlabelled_headline(sr, suite, budget)
+    else:
+        text = headline(ctx) if sr.by_items else seed_headline(ctx)
+    data["labelled"] = sr.labelled
     data["facts"] = facts
     return Section(suite, budget, slug(f"{suite}-{budget}"), f"{suite} · {budget}", df, order,
                    text, notes, tables, data, facts=facts)

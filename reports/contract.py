@@ -17,6 +17,7 @@ from negbench.reports import stats
 from negbench.reports.data import ITEM_COLUMNS
 from negbench.reports.format import (
     ACCURACY,
+    NO_LABELS,
     SUITE_OWN,
     Metric,
     finite_values,
@@ -31,6 +32,8 @@ from negbench.reports.format import (
 HEALTH_TAG = "negbench.health"
 HEALTH_REASON_TAG = "negbench.health_reason"
 ORACLE_TAG = "negbench.oracle"
+LABELS_TAG = "negbench.labels"  # "none": the suite has no labels (harness/runner.py)
+UNLABELLED_RANK = "retrieval_mrr"  # what ranks a section without labels
 ORACLE_NAMES = ("fn-free", "supcon")  # oracle references when a run carries no ORACLE_TAG
 FN_FREE = "fn-free"
 COLLAPSED, DEGRADED, OK = "collapsed", "degraded", "ok"
@@ -184,6 +187,7 @@ class SectionRuns:
     health_recorded: bool
     margins: dict  # variant -> floor_margin
     floors_recorded: bool
+    labelled: bool = True  # False: no labels, no kNN/linear/FNR; ranked by UNLABELLED_RANK
 
     @property
     def listed(self) -> list[str]:
@@ -195,6 +199,8 @@ class SectionRuns:
             else f"{v} (did not train)"
 
     def acc_cell(self, v: str, m: Metric, mark_single: bool) -> str:
+        if not self.labelled and m in ACCURACY:
+            return NO_LABELS
         return fmt_accuracy(self.item_iv[v].get(m.key), self.intervals[v][m.key], m,
                             mark_single)
 
@@ -207,8 +213,11 @@ def section_runs(df: pd.DataFrame) -> SectionRuns:
     health = {v: run_health(g) for v, g in groups.items()}
     collapsed = {v: [s for s, h, _ in health[v] if h == COLLAPSED] for v in groups}
 
+    labelled = not all(t.get(LABELS_TAG) == "none" for t in df["tags"])
+    rank = "knn_acc" if labelled else UNLABELLED_RANK
+
     def knn_key(v: str) -> tuple:
-        m = intervals[v]["knn_acc"].mean
+        m = intervals[v].get(rank, stats.mean_ci([])).mean
         return (0, -m, v) if math.isfinite(m) else (1, 0.0, v)
 
     everyone = sorted(groups, key=knn_key)
@@ -225,4 +234,4 @@ def section_runs(df: pd.DataFrame) -> SectionRuns:
     floors_recorded = any(margins[v] is not None for v in groups)
     return SectionRuns(df, groups, ranked_metrics, intervals, item_iv, health, collapsed,
                        everyone, did_not_train, oracles, order, by_items, n_items, health_recorded,
-                       margins, floors_recorded)
+                       margins, floors_recorded, labelled)

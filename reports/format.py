@@ -17,6 +17,7 @@ import pandas as pd
 from negbench.reports import stats
 
 REFERENCE = "in-batch"  # the baseline every strategy is tested against
+NO_LABELS = "n/a: no labels"  # a label-based figure of a suite without labels
 DECILES = 10
 
 

@@ -26,6 +26,7 @@ from negbench.reports.format import (
     ACCURACY,
     COST,
     DECILES,
+    NO_LABELS,
     PARETO_COSTS,
     Metric,
     Table,
@@ -74,7 +75,12 @@ def ranking_table(sr: SectionRuns) -> Table | None:
     if sr.floors_recorded:
         note += (" kNN − floor: kNN accuracy minus the untrained encoder's on the same split "
                  "and seed; a run not above it learned nothing, whatever its rank.")
-    return Table("ranking", "Ranking by kNN accuracy", headers, rows, note=note,
+    title = "Ranking by kNN accuracy"
+    if not sr.labelled:
+        title = "Ranking by retrieval MRR (no labels)"
+        note += (f" kNN and linear accuracy: {NO_LABELS} (the suite's data has none); "
+                 "strategies are ranked by retrieval MRR.")
+    return Table("ranking", title, headers, rows, note=note,
                  align=["r", "l", "r", *(["l"] if sr.health_recorded else []),
                         *(["r"] * len(sr.ranked_metrics)),
                         *(["l"] if sr.floors_recorded else [])])
@@ -186,7 +192,7 @@ def cost_table(sr: SectionRuns, strategies: dict) -> tuple[Table, dict, dict]:
     knn = [sr.intervals[v]["knn_acc"].mean for v in order]
     fronts = {}
     for key, _ in PARETO_COSTS:
-        if key in df.columns:
+        if key in df.columns and sr.labelled:  # fronts in kNN accuracy
             on = stats.pareto_front([means[v].get(key, math.nan) for v in order], knn)
             fronts[key] = [v for v, o in zip(order, on, strict=True) if o]
     headers = ["strategy", *(m.header for m in cost_metrics), "Pareto front"]
@@ -202,9 +208,10 @@ def cost_table(sr: SectionRuns, strategies: dict) -> tuple[Table, dict, dict]:
     measured = (f"Cost measured on: {', '.join(devices)}"
                 + (f" ({' or '.join(worlds)} processes per run)" if worlds != ["1"] else "")
                 + ". ")
+    fnr = ("FNR: share of selected negatives with the anchor's class" if sr.labelled else
+           f"FNR: {NO_LABELS}")
     return Table("cost", "Negatives and cost", headers, rows,
-                 note=measured + "Means over seeds. FNR: share of selected negatives "
-                      "with the anchor's class; hardness: mean cosine similarity of "
+                 note=measured + f"Means over seeds. {fnr}; hardness: mean cosine similarity of "
                       "anchor and negative; wall-clock: training only. Pareto front: "
                       "no other ranked strategy has higher kNN accuracy at no more "
                       "FLOPs (or wall-clock).",

@@ -23,7 +23,7 @@ class DataUnavailable(SuiteError):
 @dataclass
 class Split:
     x: Tensor  # (N, ...) stored form (uint8 images, token ids), on the CPU until the run moves it
-    y: Tensor  # (N,) int64 oracle labels
+    y: Tensor  # (N,) int64 oracle labels; -1 where the suite has none (SuiteData.labelled)
     source: Tensor | None = None  # (N,) int64 each item's index in the suite's source data
 
     def __len__(self) -> int:
@@ -40,6 +40,14 @@ class SuiteData:
     test: Split
     n_classes: int
     class_names: tuple[str, ...] = ()
+
+    @property
+    def labelled(self) -> bool:
+        """Whether the items have oracle labels. A suite without them (``text-pairs`` on a
+        file with no label column) gives ``n_classes`` 0 and labels -1; the harness then leaves
+        kNN, the linear probe, the false-negative figures and the oracle references out: they
+        are not computed, and reports say "n/a: no labels"."""
+        return self.n_classes > 0
 
     def split(self, name: str) -> Split:
         if name not in ("train", "val", "test"):
