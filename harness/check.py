@@ -42,7 +42,7 @@ from negbench.strategies import Choice, Float, Int, StepContext
 @dataclass
 class Result:
     check: str
-    ok: bool
+    ok: bool | None  # None: not judged (another check's failure explains it)
     detail: str
 
 
@@ -322,7 +322,14 @@ def check_strategy(name: str) -> list[Result]:
     from negbench import strategies
 
     strategies.get(name)  # unknown: RegistryError, one line
-    return [_one(c, lambda f=f: f(name)) for c, f in STRATEGY_CHECKS]
+    results = [_one(c, lambda f=f: f(name)) for c, f in STRATEGY_CHECKS]
+    reads = next(r for r in results if r.check == "no labels")
+    if not reads.ok:  # the rest ran with ctx.labels None, as the trainer gives it: not judged
+        for r in results:
+            if r.check not in ("declares", "no labels") and not r.ok:
+                r.ok, r.detail = None, ("not judged: it reads ctx.labels, which a strategy "
+                                        f"that is not an oracle gets as None ({r.detail})")
+    return results
 
 
 # --------------------------------------------------------------------------- suites

@@ -371,12 +371,15 @@ def cmd_check(args) -> int:
     for c in ("check", "result", "detail"):
         t.add_column(c)
     for r in results:
-        t.add_row(r.check, "pass" if r.ok else "[red]FAIL[/red]", r.detail)
+        shown = {True: "pass", False: "[red]FAIL[/red]", None: "skip"}[r.ok]
+        t.add_row(r.check, shown, r.detail)
     out = console(stderr=False)
     out.print(t)
-    failed = [r for r in results if not r.ok]
+    failed = [r for r in results if r.ok is False]
     if failed:
-        console().print(f"{args.kind} {args.name}: FAILS {len(failed)} of {len(results)} checks: "
+        skipped = sum(r.ok is None for r in results)
+        console().print(f"{args.kind} {args.name}: FAILS {len(failed)} of {len(results)} checks"
+                        + (f" ({skipped} not judged)" if skipped else "") + ": "
                         + "; ".join(f"{r.check}: {r.detail}" for r in failed),
                         soft_wrap=True, highlight=False)
         return EXIT_FAILED
