@@ -9,6 +9,7 @@ so ``negbench --help`` stays fast: every command's parser is built from modules 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shlex
 import sys
@@ -126,6 +127,50 @@ def main_of(add_parser: Callable, command: str, argv: Sequence[str] | None) -> i
     return run_command(args, ["negbench", command, *argv])
 
 
+def strategy_table(title: str, per: dict[str, list[dict]], cols: list[tuple[str, str]],
+                   spread: tuple[str, ...] | None = None):
+    """A rich table: one row per strategy (best mean kNN accuracy first), each column a
+    metric's mean over the strategy's runs, with ± the sample standard deviation when there are
+    several runs (for the ``spread`` metrics only, when given); "-" where no run has it."""
+    import statistics
+
+    from rich.table import Table
+
+    t = Table(title=title)
+    t.add_column("strategy")
+    for _, heading in cols:
+        t.add_column(heading, justify="right")
+    # best kNN accuracy first; by retrieval MRR where no run has one (a suite without labels)
+    rank = ("knn_acc" if any("knn_acc" in m for ms in per.values() for m in ms)
+            else "retrieval_mrr")
+    order = sorted(per, key=lambda n: -statistics.mean(m.get(rank, 0) for m in per[n]))
+    for n in order:
+        row = []
+        for key, _ in cols:
+            vals = [m[key] for m in per[n] if key in m]
+            if not vals:
+                row.append("-")
+                continue
+            sd = (f" ± {statistics.stdev(vals):.3f}"
+                  if len(vals) > 1 and (spread is None or key in spread) else "")
+            row.append(format_value(statistics.mean(vals)) + sd)
+        t.add_row(n, *row)
+    return t
+
+
+def format_value(v) -> str:
+    """A metric for a table: integers with separators, large numbers in e-notation."""
+    if v is None:
+        return "-"
+    if isinstance(v, float) and not math.isfinite(v):
+        return "n/a"
+    if abs(v) >= 1e6:
+        return f"{v:.3g}"
+    if float(v).is_integer():
+        return f"{int(v):,}"
+    return f"{v:.4f}" if abs(v) < 10 else f"{v:,.1f}"
+
+
 __all__ = ["COMMAND_ENV", "EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_USAGE", "Parser", "UserError",
-           "add_tracking_uri", "console", "main_of", "one_line", "progress", "run_command",
-           "subcommands", "tracking_uri"]
+           "add_tracking_uri", "console", "format_value", "main_of", "one_line", "progress",
+           "run_command", "strategy_table", "subcommands", "tracking_uri"]

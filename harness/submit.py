@@ -4,7 +4,7 @@ submitit>`_ (the ``submit`` extra: ``pip install 'negbench[submit]'``).
 
 What a job runs
     Each job runs :class:`WorkerJob`: a Python function that calls ``negbench worker SPEC
-    --no-progress`` in-process (:func:`negbench.harness.cli.main`), so a job is exactly a
+    --no-progress`` in-process (:func:`negbench.harness.console.main_of`), so a job is exactly a
     worker on the spec's shared queue (:mod:`negbench.harness.worker`): it takes cells until
     none is left to start, retries the cells of workers that died, and logs the same lines and
     tables, to submitit's log files. In-process rather than a command
@@ -187,13 +187,14 @@ class WorkerJob:
         return out + (["--data-dir", self.data_dir] if self.data_dir else [])
 
     def __call__(self) -> dict:
-        from negbench.harness.cli import main
+        from negbench.harness.ablate_cli import add_parser
         from negbench.harness.worker import worker_id
 
         cpus = os.environ.get("SLURM_CPUS_PER_TASK")
         if cpus and not os.environ.get(THREADS_ENV):  # torch would take every core of the node
             os.environ[THREADS_ENV] = os.environ["OMP_NUM_THREADS"] = cpus
-        code = main(self.argv())
+        argv = self.argv()
+        code = main_of(add_parser, argv[0], argv[1:])  # `negbench worker ...`, in-process
         if code == EXIT_USAGE:  # it could not work at all: show the job as failed
             raise RuntimeError(f"negbench worker exited with status {code} (see the line "
                                "above in this job's log)")
