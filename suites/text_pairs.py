@@ -78,6 +78,7 @@ from negbench.suites.text import (
     PairedTextViews,
     TinyTransformer,
     TransformerConfig,
+    check_text_config,
     crop,
     encode_texts,
     fit,
@@ -90,7 +91,6 @@ NAME = "text-pairs"
 FORMATS = ("auto", "jsonl", "csv", "parquet")
 EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet",
               ".pq": "parquet"}
-ENCODERS = ("transformer", "minilm")
 SPLITS = ("train", "val", "test")
 COLUMNS = ("anchor", "positive", "label", "hard_negative", "split")  # the column-name fields
 OPTIONAL = ("label", "hard_negative", "split")
@@ -129,27 +129,8 @@ class TextPairsConfig:
         if len(set(named)) < len(named):
             raise SuiteError(f"{NAME}: two roles name the same column "
                              f"({', '.join(f'{c}={getattr(self, c)!r}' for c in COLUMNS)})")
-        if not (0 < self.val_fraction < 1 and 0 < self.test_fraction < 1
-                and self.val_fraction + self.test_fraction < 1):
-            raise SuiteError(f"{NAME}: val_fraction and test_fraction must lie in (0, 1) and "
-                             "sum to less than 1")
-        if self.vocab_size < 100:
-            raise SuiteError(f"{NAME}: vocab_size must be >= 100, got {self.vocab_size}")
-        for name in ("anchor_len", "positive_len", "view_len"):
-            if getattr(self, name) < 1:
-                raise SuiteError(f"{NAME}: {name} must be >= 1, got {getattr(self, name)}")
-        for name in ("anchor_len", "view_len"):
-            if getattr(self, name) > self.positive_len:
-                raise SuiteError(f"{NAME}: {name} ({getattr(self, name)}) must not exceed "
-                                 f"positive_len ({self.positive_len})")
-        if not 0.0 <= self.dropout_p < 1.0:
-            raise SuiteError(f"{NAME}: dropout_p must lie in [0, 1), got {self.dropout_p}")
-        if self.encoder not in ENCODERS:
-            raise SuiteError(f"{NAME}: encoder must be one of {', '.join(ENCODERS)}; "
-                             f"got {self.encoder!r}")
-        if self.encoder == "transformer" and self.view_len > self.transformer.max_len:
-            raise SuiteError(f"{NAME}: view_len ({self.view_len}) exceeds the transformer's "
-                             f"max_len ({self.transformer.max_len})")
+        check_text_config(NAME, self, ("anchor_len", "positive_len", "view_len"),
+                          "positive_len")
 
 
 # --------------------------------------------------------------------------- reading a file
