@@ -17,7 +17,6 @@ from negbench.harness.console import (
     progress,
     strategy_table,
 )
-from negbench.harness.redact import redact
 from negbench.harness.store import env_storage
 
 
@@ -106,7 +105,7 @@ def cmd_ablate(args) -> int:
 
     from negbench.harness import ablate as A
     from negbench.harness.spec import SWEEP_TAG, load_spec
-    from negbench.harness.tracking import resolve_uri
+    from negbench.harness.store import shown_uri
 
     spec = load_spec(args.spec)
     cells = spec.cells()
@@ -141,7 +140,7 @@ def cmd_ablate(args) -> int:
         out.print(t)
         left = sum(c.key not in done for c in cells)
         out.print(f"{len(cells) - left} done, {left} to run; runs go to experiment "
-                  f"{spec.name!r} at {redact(resolve_uri(args.tracking_uri))}")
+                  f"{spec.name!r} at {shown_uri(args.tracking_uri)}")
         return 0
     con = console()
     failures: dict[str, str] = {}
@@ -227,7 +226,7 @@ def _ablation_summary(spec, cells, tracking_uri, failures: dict[str, str], args)
     """The end of ``ablate`` and ``worker``: a table per suite, failures, the budget audit, and
     with ``--report`` the comparison report (written even when some cells failed)."""
     from negbench.harness import ablate as A
-    from negbench.harness.tracking import resolve_uri
+    from negbench.harness.store import shown_uri
 
     done = A.completed(tracking_uri, spec.name)
     out = console(stderr=False)
@@ -262,7 +261,7 @@ def _ablation_summary(spec, cells, tracking_uri, failures: dict[str, str], args)
         out.print(f"budget audit: all {len(cells) - len(missing)} completed runs spent exactly "
                   "their cell's budget, the same within each suite")
     out.print(f"{len(cells) - len(missing)} of {len(cells)} cells completed; runs in experiment "
-              f"{spec.name!r} at {redact(resolve_uri(tracking_uri))}")
+              f"{spec.name!r} at {shown_uri(tracking_uri)}")
     if args.report and len(missing) < len(cells):
         from negbench.reports.cli import generate
 

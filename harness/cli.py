@@ -28,7 +28,6 @@ from negbench.harness.console import (
     strategy_table,
     subcommands,
 )
-from negbench.harness.redact import redact
 from negbench.harness.submit import add_parser as add_submit_parser
 from negbench.harness.tune import add_parser as add_tune_parser
 from negbench.reports.cli import add_parser as add_report_parser
@@ -160,7 +159,7 @@ def _run_one(cfg, args, experiment: str, prog, task=None):
 
 
 def cmd_run(args) -> int:
-    from negbench.harness.tracking import resolve_uri
+    from negbench.harness.store import shown_uri
 
     cfg = _config(args, args.suite, args.strategy, args.seed)
     con = console()
@@ -187,14 +186,14 @@ def cmd_run(args) -> int:
             na = not result.labelled and k in LABEL_METRICS
             t.add_row(k, NO_LABELS if na else format_value(result.metrics.get(k)))
         con.print(t)
-        con.print(f"mlflow run {result.run_id} in {redact(resolve_uri(args.tracking_uri))}")
+        con.print(f"mlflow run {result.run_id} in {shown_uri(args.tracking_uri)}")
     return 0
 
 
 def cmd_demo(args) -> int:
     from negbench import strategies
     from negbench.harness.runner import RunFailed
-    from negbench.harness.tracking import resolve_uri
+    from negbench.harness.store import shown_uri
 
     names = strategies.names() if args.strategies == "all" else [
         s.strip() for s in args.strategies.split(",") if s.strip()]
@@ -227,7 +226,7 @@ def cmd_demo(args) -> int:
     for k, why in failures.items():
         con.print(f"[red]failed[/red] {k}: {why}")
     con.print(f"runs recorded in mlflow experiment {experiment!r} at "
-              f"{redact(resolve_uri(args.tracking_uri))}")
+              f"{shown_uri(args.tracking_uri)}")
     return EXIT_FAILED if failures else 0
 
 

@@ -91,6 +91,11 @@ def resolve_uri(uri: str | None = None) -> str:
     return uri or os.environ.get(TRACKING_ENV) or default_uri()
 
 
+def shown_uri(uri: str | None = None) -> str:
+    """The tracking URI in use (:func:`resolve_uri`) as it may be printed: password masked."""
+    return redact(resolve_uri(uri))
+
+
 def sqlite_path(url: str) -> Path | None:
     """The file of a ``sqlite:///PATH`` URL (None for any other URL, or an in-memory one)."""
     if url.startswith("sqlite:///") and len(url) > len("sqlite:///"):

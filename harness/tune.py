@@ -110,7 +110,7 @@ from typing import Any
 from negbench.harness.console import add_tracking_uri, console, main_of, progress
 from negbench.harness.pool import apply_thread_share, run_children
 from negbench.harness.redact import redact
-from negbench.harness.store import env_storage, resolve_uri, url_env
+from negbench.harness.store import env_storage, resolve_uri, shown_uri, url_env
 from negbench.harness.tune_settings import (
     DEFAULT_CHECKPOINTS,
     DEFAULT_EXPERIMENT,
@@ -329,7 +329,7 @@ def cmd_tune(args) -> int:
         out.print(f"[red]failed[/red] {line}", highlight=False)
     out.print(f"tuning wall-clock {wall:,.1f} s; studies in {redact(job.storage)} "
               f"(prefix {job.prefix!r}), runs in mlflow experiment {job.experiment!r} at "
-              f"{redact(resolve_uri(job.tracking_uri))}", highlight=False)
+              f"{shown_uri(job.tracking_uri)}", highlight=False)
     incomplete = [s.name for s in summaries if s.tally.counted < job.trials or s.best is None]
     return 1 if incomplete else 0
 

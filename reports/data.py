@@ -25,7 +25,6 @@ from urllib.request import url2pathname
 import pandas as pd
 
 from negbench.harness.config import ConfigError
-from negbench.harness.redact import redact
 
 TUNED_TAG = "negbench.tuned"
 FILTER_TAG = "negbench.fn_filter"  # a run's false-negative filter: its variant is "STRATEGY x F"
@@ -49,7 +48,7 @@ RUN_COLUMNS = ("run_id", "run_name", "status", "start_time", "end_time", "suite"
 def client(uri: str | None):
     from mlflow import MlflowClient
 
-    from negbench.harness.tracking import resolve_uri
+    from negbench.harness.store import resolve_uri
 
     for name in ("alembic", "mlflow"):  # a new sqlite store's migration chatter
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -87,7 +86,7 @@ def _name_list(rows: list[tuple[str, int, int]]) -> str:
 
 def latest_experiment(uri: str | None) -> str:
     """The experiment holding the most recently started run."""
-    from negbench.harness.tracking import resolve_uri
+    from negbench.harness.store import shown_uri
 
     c = client(uri)
     exps = {e.experiment_id: e.name for e in c.search_experiments()}
@@ -96,7 +95,7 @@ def latest_experiment(uri: str | None) -> str:
                            max_results=1)
         if latest:
             return exps[latest[0].info.experiment_id]
-    raise ConfigError(f"no runs in the tracking store {redact(resolve_uri(uri))}: run "
+    raise ConfigError(f"no runs in the tracking store {shown_uri(uri)}: run "
                       "`negbench ablate SPEC` or `negbench run` first, or pass --tracking-uri")
 
 
@@ -206,12 +205,12 @@ def load(uri: str | None, experiment: str) -> Runs:
 
     Raises ConfigError naming the experiments that exist when ``experiment`` is unknown or has
     no finished run."""
-    from negbench.harness.tracking import resolve_uri
+    from negbench.harness.store import shown_uri
 
     c = client(uri)
     exp = c.get_experiment_by_name(experiment)
     if exp is None:
-        raise ConfigError(f"no experiment {experiment!r} in {redact(resolve_uri(uri))}; "
+        raise ConfigError(f"no experiment {experiment!r} in {shown_uri(uri)}; "
                           f"experiments with runs: {_name_list(experiments(uri))}")
     runs = _all_runs(c, [exp.experiment_id])
     rows, ignored = [], {}
@@ -260,7 +259,7 @@ def load(uri: str | None, experiment: str) -> Runs:
         raise ConfigError(f"experiment {experiment!r} has no finished negbench run "
                           f"({len(runs)} run(s) in all); experiments with runs: "
                           f"{_name_list(experiments(uri))}")
-    return Runs(experiment, exp.experiment_id, redact(resolve_uri(uri)), frame, ignored)
+    return Runs(experiment, exp.experiment_id, shown_uri(uri), frame, ignored)
 
 
 def latest_per_seed(finished: pd.DataFrame) -> tuple[pd.DataFrame, int]:
