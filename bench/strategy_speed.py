@@ -96,6 +96,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from negbench import strategies
+from negbench.harness.config import apply_overrides, parse_sets
 from negbench.harness.objectives import info_nce
 from negbench.strategies import StepContext, Strategy
 from negbench.strategies.semi_hard import SemiHardConfig
@@ -271,7 +272,9 @@ def run_strategy_case(spec: dict) -> dict:
     torch.manual_seed(seed)  # strategies that draw their initial state from the global RNG
     gen = torch.Generator().manual_seed(seed)
     table = TableEncoder(n_train, D, seed)
-    strat = strategies.create(name, dim=D, n_train=n_train)
+    cls = strategies.get(name)
+    cfg = apply_overrides(cls.Config(), spec.get("sets", {}), "strategy")  # --set KEY=VALUE
+    strat = strategies.create(name, cfg, dim=D, n_train=n_train)
     upd = has_update(strat)
     warm = spec["warmup"] + (fill_steps(strat, b) if upd else 0)
     rss0 = peak_rss_mb()
@@ -549,6 +552,9 @@ def main() -> None:
                     help="repeats of each peer case (default: miner 7/5, NT-Xent 3/2 at "
                          "B=256/512, the least of those beyond)")
     ap.add_argument("--no-peer", action="store_true", help="skip the peer comparison")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="a knob of the strategies timed, e.g. support=2 for fnc (repeatable); "
+                         "the rows are named with it")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per case")
@@ -560,6 +566,8 @@ def main() -> None:
                          "its contention shown in the others' CPU column)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    sets = parse_sets(args.sets)  # KEY=VALUE: a bad one is a one-line error in the case
+    shown_sets = f" ({', '.join(f'{k}={v}' for k, v in sets.items())})" if sets else ""
     if args.worker is not None:
         worker(json.loads(args.worker))
         return
@@ -590,10 +598,10 @@ def main() -> None:
             for name in names:
                 spec = {"kind": "strategy", "name": name, "b": b, "n_train": args.n_train,
                         "repeats": repeats_for(reps, b), "warmup": args.warmup,
-                        "seed": args.seed, "threads": args.threads}
+                        "seed": args.seed, "threads": args.threads, "sets": sets}
                 waited = wait_for_quiet(args.quiet, args.max_wait)
                 t = time.perf_counter()
-                r = in_child(spec, args.timeout) | {"name": name, "b": b}
+                r = in_child(spec, args.timeout) | {"name": name + shown_sets, "b": b}
                 runs[name].append(r)
                 print_case(r, time.perf_counter() - t, waited,
                            f"run {rnd + 1}/{rounds}, " if rounds > 1 else "")
