@@ -226,6 +226,7 @@ def _ablation_summary(spec, cells, tracking_uri, failures: dict[str, str], args)
     """The end of ``ablate`` and ``worker``: a table per suite, failures, the budget audit, and
     with ``--report`` the comparison report (written even when some cells failed)."""
     from negbench.harness import ablate as A
+    from negbench.harness.spec import SWEEP_TAG
     from negbench.harness.store import shown_uri
 
     done = A.completed(tracking_uri, spec.name)
@@ -233,13 +234,15 @@ def _ablation_summary(spec, cells, tracking_uri, failures: dict[str, str], args)
     cols = [("knn_acc", "kNN acc"), ("linear_acc", "linear acc"), ("retrieval_r1", "R@1"),
             ("retrieval_mrr", "MRR"), ("fnr", "FNR"), ("hardness", "hardness"),
             ("wall_seconds", "wall s")]
-    for suite in spec.suites:
-        per = {}
-        for c in cells:
-            if c.config.suite == suite and c.key in done:
-                per.setdefault(c.config.strategy, []).append(done[c.key].data.metrics)
-        if not per:
-            continue
+    # a table per suite and sweep point, a row per strategy and filter: only seeds are averaged
+    tables: dict[str, dict[str, list[dict]]] = {}
+    for c in cells:
+        if c.key in done:
+            point = f" ({c.tags[SWEEP_TAG]})" if SWEEP_TAG in c.tags else ""
+            flt = f" x {c.config.fn_filter}" if c.config.fn_filter != "none" else ""
+            tables.setdefault(c.config.suite + point, {}).setdefault(
+                c.config.strategy + flt, []).append(done[c.key].data.metrics)
+    for suite, per in tables.items():
         shown = [(k, t) for k, t in cols if any(k in m for ms in per.values() for m in ms)]
         t = strategy_table(f"{spec.name} / {suite}: {len(spec.seeds)} seed(s), mean ± std", per,
                            shown)

@@ -261,6 +261,9 @@ def test_each_sweep_point_is_a_section_of_the_report(tmp_path, capsys, monkeypat
                  + '[sweep]\n"suite.classes" = [10, 2]\n')
     assert main(["ablate", path, "--tracking-uri", uri(tmp_path), "--no-progress",
                  "--report"]) == 0
+    out = capsys.readouterr().out  # ablate's own summary: a table per point, not one averaged
+    for k in (10, 2):
+        assert f"spec / digits (suite.classes={k}): 1 seed(s)" in out, out
     md = (tmp_path / "negbench-runs" / "reports" / "spec" / "report.md").read_text()
     assert "digits (suite.classes=10)" in md and "digits (suite.classes=2)" in md
     got = {r.data.tags["negbench.sweep"]: r.data.metrics["fnr"] for r in runs(tmp_path, "spec")
