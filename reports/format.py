@@ -40,6 +40,12 @@ SUITE_OWN = {  # suite-specific quality metrics, ranked beside the accuracies wh
 SUITE_OWN_PREFIXES = ("retrieval_", "stsb_")
 COST = (Metric("fnr", "FNR (%)", 100.0), Metric("fnr_weighted", "weighted FNR (%)", 100.0),
         Metric("hardness", "hardness (cos)", 1.0, "f3"),
+        # a false-negative filter's work (only in sections where a run has one): candidates it
+        # removed per anchor, and how many of those were same-class (precision) and how many of
+        # the selection's same-class candidates it removed (recall), against the oracle labels
+        Metric("filter_removed", "filter: removed per anchor", 1.0, "f2"),
+        Metric("filter_precision", "filter precision (%)", 100.0, "f1"),
+        Metric("filter_recall", "filter recall (%)", 100.0, "f1"),
         Metric("wall_seconds", "wall-clock (s)", 1.0, "f2"),
         Metric("flops", "FLOPs", 1.0, "g3"),
         Metric("samples_per_second", "samples/s", 1.0, "int"),

@@ -212,7 +212,13 @@ def cost_table(sr: SectionRuns, strategies: dict) -> tuple[Table, dict, dict]:
            f"FNR: {NO_LABELS}")
     return Table("cost", "Negatives and cost", headers, rows,
                  note=measured + f"Means over seeds. {fnr}; hardness: mean cosine similarity of "
-                      "anchor and negative; wall-clock: training only. Pareto front: "
+                      "anchor and negative; "
+                      + ("filter: the false-negative filter's removed candidates per anchor, "
+                         "the share of them that were same-class (precision) and the share of "
+                         "the selection's same-class candidates it removed (recall), '–' for "
+                         "rows without a filter; "
+                         if any(m.key == "filter_removed" for m in cost_metrics) else "")
+                      + "wall-clock: training only. Pareto front: "
                       "no other ranked strategy has higher kNN accuracy at no more "
                       "FLOPs (or wall-clock).",
                  align=["l"] + ["r"] * len(cost_metrics) + ["l"]), means, fronts

@@ -136,3 +136,25 @@ def test_real_runs_with_filters():
     for k in ("filter_removed", "filter_precision", "filter_recall"):
         assert k in sg.metrics
     assert 0 <= sg.metrics["filter_recall"] <= 1
+
+
+def test_the_report_shows_what_each_filter_removed(tmp_path):
+    """The report's negatives-and-cost table has the filter's columns where a run has a filter:
+    the oracle filter's row reads precision and recall 100, the unfiltered row '–'."""
+    from negbench.reports.cli import generate
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    budget = build_config("digits", "in-batch").budget.__class__("samples", 1280)
+    for flt in ("none", "oracle"):
+        run(build_config("digits", "in-batch", budget=budget,
+                         sets={**SMALL, "strategy.fn_filter": flt}),
+            tracking_uri=uri, experiment="filters")
+    md = (generate(uri, "filters", out=tmp_path / "rep").parent / "report.md").read_text()
+    table = md.split("### Negatives and cost")[1].split("\n\n")[1].splitlines()
+    head = [c.strip() for c in table[0].strip("|").split("|")]
+    rows = {r.split("|")[1].strip(): [c.strip() for c in r.strip("|").split("|")]
+            for r in table[2:]}
+    prec, rec = head.index("filter precision (%)"), head.index("filter recall (%)")
+    oracle = rows["in-batch x oracle (oracle reference)"]
+    assert oracle[prec] == "100.0" and oracle[rec] == "100.0"
+    assert rows["in-batch"][prec] == "–"
