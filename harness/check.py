@@ -237,11 +237,8 @@ def _shapes(name: str) -> str:
 
 
 def _own_instance(name: str) -> str:
-    s, out = _steps(name)
-    s.check()
-    for negs in out:
-        if bool((negs.selected() & negs.own_instance()).any()):
-            raise AssertionError("an anchor's own instance is selected as its negative")
+    s, _ = _steps(name)
+    s.check()  # A = 2B = 16 <= CHECK_ROWS: the contract check compares every anchor row
     return "no own instance, index or weight violation in 3 steps"
 
 

@@ -398,8 +398,8 @@ def cmd_submit(args) -> int:
     orphans = close_orphans(tracking, spec.name)
     queue = W.open_queue(spec, cells, storage, tracking, heartbeat=args.heartbeat,
                          grace=args.grace)
-    again, lost = W.requeue(queue, set(completed(tracking, spec.name)))
     done = completed(tracking, spec.name)
+    again, lost = W.requeue(queue, set(done))
     todo = sum(c.key not in done for c in cells)
     for k, what in ((orphans, "run(s) left RUNNING by a killed process marked KILLED"),
                     (again, "failed cell(s) queued again"),

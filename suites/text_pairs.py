@@ -353,7 +353,6 @@ class TextPairs(PairedTextViews, Suite):
     default_budget = ("samples", 60_000)
     default_batch_size = 128
 
-    labelled: bool | None = None  # known once the file is read
     pairs: Pairs | None = None
 
     @classmethod
@@ -380,13 +379,17 @@ class TextPairs(PairedTextViews, Suite):
             return minilm_tokenizer()
         return train_tokenizer(train_texts, c.vocab_size, CACHE_DIR / NAME)
 
-    def read(self) -> SuiteData:
-        """The splits, with labels or without (``n_classes`` 0 and labels -1 then, and
-        :attr:`labelled` False), without :meth:`load`'s check that the harness can run them."""
+    @property
+    def labelled(self) -> bool:
+        """Whether the file has labels (reads it): :attr:`SuiteData.labelled` of its splits."""
+        return self.load().labelled
+
+    def _load(self) -> SuiteData:
+        """The splits, with labels or without (``n_classes`` 0 and labels -1 then)."""
         c = self.cfg
         path = Path(self.locate())
         pairs = read_pairs(path, c)
-        self.pairs, self.labelled = pairs, pairs.labels is not None
+        self.pairs, labelled = pairs, pairs.labels is not None
         self.duplicates_dropped = pairs.dropped
         n = len(pairs.rows)
         names: tuple[str, ...] = ()
@@ -396,8 +399,8 @@ class TextPairs(PairedTextViews, Suite):
             y = np.asarray([index[v] for v in pairs.labels], dtype=np.int64)
         else:
             y = np.full(n, -1, dtype=np.int64)  # no class: the harness must not read these
-        tr, va, te = split_positions(pairs, c, y if self.labelled else None, str(path))
-        if self.labelled:
+        tr, va, te = split_positions(pairs, c, y if labelled else None, str(path))
+        if labelled:
             unseen = sorted((set(y[va].tolist()) | set(y[te].tolist())) - set(y[tr].tolist()))
             if unseen:
                 raise SuiteError(f"{NAME}: {path}: label(s) "
@@ -420,9 +423,6 @@ class TextPairs(PairedTextViews, Suite):
 
         return SuiteData(train=split(tr), val=split(va), test=split(te),
                          n_classes=len(names), class_names=names)
-
-    def _load(self) -> SuiteData:
-        return self.read()
 
     # -- views
     def hard_negative_view(self, x: Tensor, generator: torch.Generator) -> Tensor | None:

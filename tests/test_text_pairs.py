@@ -182,7 +182,7 @@ def test_integer_labels_are_classes_in_numeric_order(articles, tmp_path):
 
 def test_without_labels_the_suite_says_so_and_retrieval_is_measured(files, articles):
     s = create(files["unlabelled"])
-    d = s.read()
+    d = s.load()
     assert s.labelled is False and d.n_classes == 0 and d.class_names == ()
     for name in ("train", "val", "test"):
         assert (d.split(name).y == -1).all()  # no class: nothing made up
@@ -191,7 +191,7 @@ def test_without_labels_the_suite_says_so_and_retrieval_is_measured(files, artic
     assert len(d.test) == round(0.2 * len(articles))
     # the same file with its label column turned off reads the same way
     off = create(files["jsonl"], label="")
-    assert torch.equal(off.read().test.source, d.test.source) and off.labelled is False
+    assert torch.equal(off.load().test.source, d.test.source) and off.labelled is False
     torch.manual_seed(0)
     m = s.evaluate_extra(s.build_encoder(), d, "test")
     assert set(m) == {"retrieval_r1", "retrieval_r10", "retrieval_mrr"}
