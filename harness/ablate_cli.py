@@ -104,7 +104,7 @@ def cmd_ablate(args) -> int:
     from rich.table import Table
 
     from negbench.harness import ablate as A
-    from negbench.harness.spec import SWEEP_TAG, load_spec
+    from negbench.harness.spec import load_spec
     from negbench.harness.store import shown_uri
 
     spec = load_spec(args.spec)
@@ -130,11 +130,7 @@ def cmd_ablate(args) -> int:
             t.add_column(c)
         for c in cells:
             b = c.config.budget
-            point = c.tags.get(SWEEP_TAG)
-            flt = c.config.fn_filter
-            t.add_row(f"{c.config.suite} ({point})" if point else c.config.suite,
-                      c.config.strategy + (f" x {flt}" if flt != "none" else ""),
-                      str(c.config.seed),
+            t.add_row(c.section, c.variant, str(c.config.seed),
                       f"{b.kind}={b.amount:g}", c.key, "done" if c.key in done else "to run")
         out = console(stderr=False)
         out.print(t)
@@ -226,7 +222,6 @@ def _ablation_summary(spec, cells, tracking_uri, failures: dict[str, str], args)
     """The end of ``ablate`` and ``worker``: a table per suite, failures, the budget audit, and
     with ``--report`` the comparison report (written even when some cells failed)."""
     from negbench.harness import ablate as A
-    from negbench.harness.spec import SWEEP_TAG
     from negbench.harness.store import shown_uri
 
     done = A.completed(tracking_uri, spec.name)
@@ -238,10 +233,8 @@ def _ablation_summary(spec, cells, tracking_uri, failures: dict[str, str], args)
     tables: dict[str, dict[str, list[dict]]] = {}
     for c in cells:
         if c.key in done:
-            point = f" ({c.tags[SWEEP_TAG]})" if SWEEP_TAG in c.tags else ""
-            flt = f" x {c.config.fn_filter}" if c.config.fn_filter != "none" else ""
-            tables.setdefault(c.config.suite + point, {}).setdefault(
-                c.config.strategy + flt, []).append(done[c.key].data.metrics)
+            tables.setdefault(c.section, {}).setdefault(c.variant, []).append(
+                done[c.key].data.metrics)
     for suite, per in tables.items():
         shown = [(k, t) for k, t in cols if any(k in m for ms in per.values() for m in ms)]
         t = strategy_table(f"{spec.name} / {suite}: {len(spec.seeds)} seed(s), mean ± std", per,

@@ -95,11 +95,22 @@ class Cell:
     tags: dict[str, str] = field(default_factory=dict, hash=False)
 
     @property
+    def section(self) -> str:
+        """The suite, with the cell's sweep point: ``digits (suite.classes=2)``."""
+        point = f" ({self.tags[SWEEP_TAG]})" if SWEEP_TAG in self.tags else ""
+        return self.config.suite + point
+
+    @property
+    def variant(self) -> str:
+        """The strategy, with the cell's false-negative filter: ``semi-hard x self-guided``."""
+        c = self.config
+        return c.strategy + (f" x {c.fn_filter}" if c.fn_filter != "none" else "")
+
+    @property
     def label(self) -> str:
         c = self.config
         point = f" ({self.tags[SWEEP_TAG]})" if SWEEP_TAG in self.tags else ""
-        flt = f" x {c.fn_filter}" if c.fn_filter != "none" else ""
-        return f"{c.suite}/{c.strategy}{flt}{point}/seed {c.seed}"
+        return f"{c.suite}/{self.variant}{point}/seed {c.seed}"
 
 
 @dataclass(frozen=True)
