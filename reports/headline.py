@@ -143,8 +143,11 @@ def headline(ctx: HeadlineContext) -> str:
     untested = sum(1 for c in fam if not c.tested)
     lead = max((c.diff for c in fam if math.isfinite(c.diff)), default=math.nan)
     head = ("no strategy differs from" if not below else "no strategy leads")
+    # When every strategy is below the reference, the "largest lead" is a deficit: call it the
+    # closest, so a negative figure is never read as a lead.
+    nearest = "the largest" if not lead <= 0 else "none is ahead; the closest"
     parts = [f"On {where}, {head} {REFERENCE} beyond noise at this budget: {spread}, and no "
-             f"lead over {REFERENCE} (the largest: {points(lead)} points) survives Holm's "
+             f"lead over {REFERENCE} ({nearest}: {points(lead)} points) survives Holm's "
              f"correction over {plural(v['comparisons'], 'comparison', 'comparisons')}."
              + below_words + _detect_words(ctx, "these runs")]
     if untested:

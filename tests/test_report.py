@@ -538,11 +538,13 @@ def check_headline(headline: str, runs, items) -> None:
     dnt_words = (f" {plural(len(dnt), 'strategy', 'strategies')} did not train (collapsed) and "
                  f"{'is' if len(dnt) == 1 else 'are'} not ranked: see “Did not train”."
                  if dnt else "")
+    best_diff = max(r.mean_diff for r, _ in fam.values())
+    nearest = "the largest" if best_diff > 0 else "none is ahead; the closest"
     g = re.fullmatch(
         rf"On {re.escape(WHERE)}, no strategy "
         rf"{'differs from' if not v['below'] else 'leads'} {REF} beyond noise at this budget: "
         rf"the {len(order)} ranked strategies lie within (\S+)–(\S+)% kNN accuracy on {n} test "
-        rf"items \(one item = (\S+) points\), and no lead over {REF} \(the largest: (\S+) "
+        rf"items \(one item = (\S+) points\), and no lead over {REF} \({nearest}: (\S+) "
         rf"points\) survives Holm's correction over {cmp}\.(.*) The smallest difference these "
         rf"runs could have detected is about (\S+) points of kNN accuracy \(80% power, Holm "
         rf"over {cmp}\)\.{re.escape(dnt_words)}", headline)

@@ -295,6 +295,18 @@ def test_d_holm_is_applied_a_raw_significant_lead_that_does_not_survive_is_no_wi
                                                               "within noise")
 
 
+def test_d_when_every_strategy_is_below_in_batch_the_headline_calls_the_gap_the_closest():
+    ref = bits(300)
+    worse = list(ref)
+    worse[ref.index("1")] = "0"  # one item fewer than in-batch: -1/N, far within noise
+    rows = [run("in-batch", 0, ref, tags=OK), run("debiased", 0, "".join(worse), tags=OK)]
+    h = section(rows).headline
+    assert f"(none is ahead; the closest: {pts(-1 / len(ref))} points)" in h, h
+    assert "the largest" not in h
+    lead = section(_holm_rows(2)).headline  # debiased 8 items ahead, not beyond Holm
+    assert "(the largest: +" in lead and "closest" not in lead, lead
+
+
 # --------------------------------------------------------------------------- older runs
 def test_runs_without_the_new_fields_report_as_before_with_not_recorded_parts():
     rows = []
