@@ -36,10 +36,23 @@ class Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
+PLUGIN_EPILOG = ("--plugin MODULE_OR_FILE (repeatable, anywhere on the line) imports your "
+                 "strategies or suites first; see `negbench --help`.")
+
+
+class _Subcommands(argparse._SubParsersAction):
+    """Subcommand parsers whose help ends with :data:`PLUGIN_EPILOG` (``--plugin`` is an option
+    of ``negbench`` itself, hoisted from wherever it is typed, so it is not in their options)."""
+
+    def add_parser(self, name, **kwargs):
+        kwargs["epilog"] = " ".join(filter(None, [kwargs.get("epilog"), PLUGIN_EPILOG]))
+        return super().add_parser(name, **kwargs)
+
+
 def subcommands(parser: argparse.ArgumentParser):
     """``parser``'s subcommands, each a :class:`Parser`; a subcommand sets ``handler``."""
     return parser.add_subparsers(dest="command", required=True, parser_class=Parser,
-                                 metavar="COMMAND")
+                                 metavar="COMMAND", action=_Subcommands)
 
 
 def tracking_uri(text: str) -> str:

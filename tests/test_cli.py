@@ -50,10 +50,21 @@ def test_console_script_help_and_error():
     out = subprocess.run([sys.executable, "-m", "negbench.harness.cli", "run", "--help"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "--budget" in out.stdout and "--json" in out.stdout
+    assert "--plugin MODULE_OR_FILE" in out.stdout  # the option negbench hoists from anywhere
     bad = subprocess.run([sys.executable, "-m", "negbench.harness.cli", "run", "--suite", "nope",
                           "--strategy", "in-batch"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert bad.stderr.count("\n") == 1
+
+
+def test_every_subcommand_help_names_plugin_and_keeps_its_own_epilog(capsys):
+    for argv, own in ((["tune"], "Search ranges"), (["submit"], "On a cluster"),
+                      (["check", "strategy"], None), (["report"], None)):
+        with pytest.raises(SystemExit):
+            main([*argv, "--help"])
+        out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+        assert "--plugin MODULE_OR_FILE (repeatable, anywhere on the line)" in out, argv
+        assert own is None or own in out, argv
 
 
 def test_listing_commands(capsys):
