@@ -57,13 +57,16 @@ def augment(x: Tensor, cfg: AugmentConfig, g: torch.Generator) -> Tensor:
 
 class SmallCNN(nn.Module):
     """Three conv blocks (the last two strided; the first too with ``stem_stride=2``, for
-    28x28 inputs on a CPU budget), global average pooling, and a two-layer
-    projection head. ``features`` is the 4*width representation that evaluation probes;
+    28x28 inputs on a CPU budget), average pooling to a ``pool`` x ``pool`` grid (1: global
+    average pooling; 2 keeps where in the image a part lies), and a two-layer projection head.
+    ``features`` is the 4*width*pool^2 representation that evaluation probes;
     ``forward`` the unit-norm projection the objective sees."""
 
     def __init__(self, in_channels: int = 1, width: int = 32, proj_dim: int = 64,
-                 stem_stride: int = 1):
+                 stem_stride: int = 1, pool: int = 1):
         super().__init__()
+        if pool < 1:
+            raise ValueError(f"SmallCNN: pool must be >= 1; got {pool}")
 
         def block(cin: int, cout: int, stride: int) -> list[nn.Module]:
             return [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout),
@@ -72,11 +75,11 @@ class SmallCNN(nn.Module):
         w = width
         self.backbone = nn.Sequential(
             *block(in_channels, w, stem_stride), *block(w, 2 * w, 2), *block(2 * w, 4 * w, 2),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            nn.AdaptiveAvgPool2d(pool), nn.Flatten(),
         )
-        self.feature_dim = 4 * w
+        self.feature_dim = 4 * w * pool * pool
         self.head = nn.Sequential(
-            nn.Linear(4 * w, 4 * w), nn.ReLU(inplace=True), nn.Linear(4 * w, proj_dim)
+            nn.Linear(self.feature_dim, 4 * w), nn.ReLU(inplace=True), nn.Linear(4 * w, proj_dim)
         )
         self.out_dim = proj_dim
 
