@@ -13,7 +13,12 @@ in your own training loop, loaded lazily (``import negbench`` does not import to
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
 
 __version__ = "0.1.0"
 
@@ -40,7 +45,25 @@ class NegbenchError(Exception):
     exit_code = 2
 
 
-__all__ = sorted([*_API, "NegbenchError"])
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write to; renamed onto ``path`` when the block ends
+    without an error, removed when it raises. A reader never sees half a file, a crash never
+    leaves one where a complete one is looked for, and two processes writing the same file at
+    once each write their own temporary (a process- and call-unique name, created by the
+    writer, so the file gets the usual permissions). The folder is created if missing."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+__all__ = sorted([*_API, "NegbenchError", "atomic_path"])
 
 
 def __getattr__(name: str):

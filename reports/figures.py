@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from negbench import atomic_path
 from negbench.reports.build import ACCURACY, DECILES, PARETO_COSTS, Figure, Section
 from negbench.reports.data import CURVES, X_AXIS
 
@@ -37,9 +38,8 @@ def _new(w: float, h: float, rows: int = 1, cols: int = 1):
 
 
 def _save(fig, path: Path) -> None:
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, format="png", dpi=DPI)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI)
 
 
 class Palette:

@@ -12,6 +12,7 @@ import math
 import re
 from pathlib import Path
 
+from negbench import atomic_path
 from negbench.reports.build import Report, Section, Table
 
 FAILURE_CHARS = 400  # a failure reason in a table; report.json has it whole
@@ -58,9 +59,8 @@ footer { margin-top: 48px; border-top: 1px solid var(--line); padding-top: 12px;
 
 
 def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def _clip(s: str, n: int = FAILURE_CHARS) -> str:

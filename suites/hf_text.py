@@ -72,6 +72,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from negbench import atomic_path
 from negbench.suites import DataUnavailable, Split, Suite, SuiteData, SuiteError, register
 from negbench.suites.base import stratified_holdout
 from negbench.suites.online_vision import cache_dir, reachable
@@ -132,11 +133,8 @@ def hub_rows(ds: Any, columns: tuple[str, ...], what: str) -> Iterator[tuple]:
 def write_atomic(path: Path, write) -> None:
     """Write ``path`` through ``write(file)`` into a temporary file renamed at the end, so an
     interrupted fetch never leaves a truncated file where a complete one is looked for."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
         write(f)
-    tmp.replace(path)
 
 
 class HubTextSuite(Suite):

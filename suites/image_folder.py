@@ -56,7 +56,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -66,6 +65,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from negbench import atomic_path
 from negbench.suites import DataUnavailable, Split, Suite, SuiteData, SuiteError, register
 from negbench.suites.base import stratified_holdout
 from negbench.suites.online_vision import cache_dir
@@ -285,17 +285,10 @@ def _write_cache(path: Path, x: np.ndarray, readable: np.ndarray, bad: list) -> 
     """Written to a temporary file and renamed, so a concurrent run never reads half a file;
     a cache that cannot be written (read-only home, full disk) is only a slower next load."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, x=x, readable=readable,
-                         bad_path=np.array([p for p, _ in bad], dtype=str),
-                         bad_why=np.array([w for _, w in bad], dtype=str))
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, x=x, readable=readable,
+                     bad_path=np.array([p for p, _ in bad], dtype=str),
+                     bad_why=np.array([w for _, w in bad], dtype=str))
         setting = path.name.split("-")[0]
         for old in path.parent.glob(f"{setting}-*.npz"):  # the same folder before it changed
             if old != path:

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from negbench import atomic_path
 from negbench.suites.base import SuiteError
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
@@ -62,10 +63,8 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int, cache_dir: Path):
     trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL),
                                         show_progress=False)
     tok.train_from_iterator(list(texts), trainer=trainer)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tok.save(str(tmp))
-    tmp.replace(path)  # atomic: a crash never leaves a half-written tokenizer behind
+    with atomic_path(path) as tmp:  # a crash never leaves a half-written tokenizer behind
+        tok.save(str(tmp))
     return tok
 
 
