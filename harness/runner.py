@@ -118,6 +118,7 @@ class RunResult:
 HEALTH_AT = (0.25, 0.5, 0.75)
 HEALTH_TAG, HEALTH_REASON_TAG = "negbench.health", "negbench.health_reason"
 LABELS_TAG = "negbench.labels"  # "none" on a run whose suite has no labels
+DATA_TAG = "negbench.data"  # "NAME@HASH": the user's files a run read (Suite.data_identity)
 FILTER_TAG = "negbench.fn_filter"  # the run's false-negative filter, when it has one
 ORACLE_TAG, FLOOR_KEY_TAG, FLOOR_FROM_TAG = "negbench.oracle", "negbench.floor_key", \
     "negbench.floor_from"
@@ -518,6 +519,8 @@ class Trainer:
         what = {"suite": c.suite, "suite_cfg": dataclasses.asdict(c.suite_cfg), "seed": c.seed,
                 "eval": dataclasses.asdict(c.eval), "device": self.device.type,
                 "precision": c.speed.precision, "commit": git_commit()}
+        if self.suite.data_identity is not None:  # the same path may hold other files now
+            what["data"] = self.suite.data_identity
         return hashlib.sha1(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
 
     def finish(self) -> dict[str, float]:
@@ -597,6 +600,8 @@ def run(cfg: RunConfig, *, tracking_uri: str | None = None, experiment: str = "n
             tags[FILTER_TAG] = cfg.fn_filter
         if not trainer.labelled:
             tags[LABELS_TAG] = "none"
+        if trainer.suite.data_identity is not None:
+            tags[DATA_TAG] = trainer.suite.data_identity
         tags.update(extra_tags or {})
         tracker.start(run_name or f"{cfg.suite}/{cfg.strategy}/seed{cfg.seed}", cfg.flat(), tags)
         tracker.log_json("config.json", cfg.to_dict())

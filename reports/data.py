@@ -2,7 +2,8 @@
 
 One row per run: its identity (tags ``suite``, ``strategy``, ``seed``, ``budget``, and
 ``negbench.tuned`` for a tuned config; a run tagged ``negbench.sweep``, a spec's sweep point,
-has the suite column ``SUITE (POINT)``, a section of its own in the report), its status, its
+has the suite column ``SUITE (POINT)``, a section of its own in the report, and a run on the
+user's own files, tagged ``negbench.data``, ``SUITE [NAME@HASH]``), its status, its
 provenance tags and its final metrics (mlflow's latest value of each key: the values every run
 logs when it ends). Training curves come from metric histories, fetched only for the metrics
 the curves draw.
@@ -29,6 +30,7 @@ from negbench.harness.config import ConfigError
 TUNED_TAG = "negbench.tuned"
 FILTER_TAG = "negbench.fn_filter"  # a run's false-negative filter: its variant is "STRATEGY x F"
 SWEEP_TAG = "negbench.sweep"  # a spec's sweep point: the run's section is "SUITE (POINT)"
+DATA_TAG = "negbench.data"  # the user's files a run read: its section is "SUITE [NAME@HASH]"
 COMMAND_TAG = "negbench.command"
 IDENTITY = ("suite", "strategy", "seed", "budget")
 # the metric histories the curves draw; ``budget_fraction`` is their x axis
@@ -44,6 +46,16 @@ RUN_COLUMNS = ("run_id", "run_name", "status", "start_time", "end_time", "suite"
                "seed", "budget", "tuned", "fn_filter", "variant", "failure", "tags",
                *ITEM_COLUMNS.values(), "items_split")
 
+
+def section_name(tags: dict) -> str:
+    """A run's section: its suite, with the spec's sweep point in parentheses and, for a suite on
+    the user's own files, which files in brackets (two files never share a section)."""
+    name = tags["suite"]
+    if tags.get(SWEEP_TAG):
+        name += f" ({tags[SWEEP_TAG]})"
+    if tags.get(DATA_TAG):
+        name += f" [{tags[DATA_TAG]}]"
+    return name
 
 def client(uri: str | None):
     from mlflow import MlflowClient
@@ -232,8 +244,7 @@ def load(uri: str | None, experiment: str) -> Runs:
             "status": r.info.status,
             "start_time": r.info.start_time,
             "end_time": r.info.end_time,
-            "suite": (f"{tags['suite']} ({tags[SWEEP_TAG]})" if tags.get(SWEEP_TAG)
-                      else tags["suite"]),
+            "suite": section_name(tags),
             "strategy": tags["strategy"],
             "seed": seed,
             "budget": tags["budget"],

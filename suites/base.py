@@ -3,7 +3,9 @@ positive pair), an encoder, and a default budget. Suites know nothing of the har
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -113,6 +115,12 @@ class Suite:
         n = max(cls.groupings)
         return sum((len(m) / n) ** 2 for _, m in cls.groupings[k])
 
+    # Which data was read, for a suite on the user's own files: "NAME@HASH", set by _load
+    # (text-pairs: the file's bytes; image-folder: its files' paths, sizes and mtimes). None for
+    # a suite whose data a package or a fixed download determines. The harness records it (tag
+    # negbench.data) and keys the floors by it; the report gives each identity its own section.
+    data_identity: str | None = None
+
     def load(self) -> SuiteData:
         """The splits (cached after the first call), labelled by ``suite.classes`` groups."""
         if self._data is None:
@@ -213,6 +221,15 @@ def regroup(data: SuiteData, groups: tuple[tuple[str, tuple[int, ...]], ...]) ->
 
     return SuiteData(split(data.train), split(data.val), split(data.test), n_classes=len(groups),
                      class_names=tuple(name for name, _ in groups))
+
+
+def file_digest(path: Path, chunk: int = 1 << 20) -> str:
+    """The SHA-256 of a file's bytes, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 def stratified_holdout(idx, y, fraction: float, seed: int):

@@ -256,10 +256,9 @@ def decode_all(files: list[Path], size: int, channels: str
     return np.ascontiguousarray(x), np.flatnonzero(ok).astype(np.int64), bad
 
 
-def cache_file(root: Path, files: list[Path], size: int, channels: str) -> Path:
-    """``$NEGBENCH_CACHE/image-folder/SETTING-FILES.npz``: SETTING hashes the folder's path,
-    ``size`` and ``channels``; FILES every file's relative path, byte size and mtime."""
-    setting = json.dumps([CACHE_FORMAT, str(root), size, channels]).encode()
+def files_digest(root: Path, files: list[Path]) -> str:
+    """A hash of every file's relative path, byte size and mtime (not their bytes: reading
+    every image to hash it would cost as much as decoding them)."""
     h = hashlib.sha256()
     for p in files:
         try:
@@ -268,7 +267,16 @@ def cache_file(root: Path, files: list[Path], size: int, channels: str) -> Path:
         except OSError:  # a dangling link: unreadable, and counted so when decoded
             stamp = "-"
         h.update(f"\0{p.relative_to(root).as_posix()}\0{stamp}".encode())
-    name = f"{hashlib.sha256(setting).hexdigest()[:16]}-{h.hexdigest()[:24]}.npz"
+    return h.hexdigest()
+
+
+def cache_file(root: Path, files: list[Path], size: int, channels: str,
+               digest: str | None = None) -> Path:
+    """``$NEGBENCH_CACHE/image-folder/SETTING-FILES.npz``: SETTING hashes the folder's path,
+    ``size`` and ``channels``; FILES is :func:`files_digest` (``digest`` when already known)."""
+    setting = json.dumps([CACHE_FORMAT, str(root), size, channels]).encode()
+    digest = digest or files_digest(root, files)
+    name = f"{hashlib.sha256(setting).hexdigest()[:16]}-{digest[:24]}.npz"
     return cache_dir() / NAME / name
 
 
@@ -330,9 +338,11 @@ class ImageFolder(Suite):
         except OSError as e:  # a split or class folder that cannot be listed
             raise SuiteError(f"{NAME}: cannot list {root}: {' '.join(str(e).split())}") from None
         files = listing.files
+        digest = files_digest(root, files)
+        self.data_identity = f"{root.name}@{digest[:12]}"
         cached = None
         if c.cache:
-            where = cache_file(root, files, c.size, c.channels)
+            where = cache_file(root, files, c.size, c.channels, digest)
             cached = _read_cache(where)
         if cached is None:
             cached = decode_all(files, c.size, c.channels)

@@ -72,7 +72,7 @@ import torch
 from torch import Tensor, nn
 
 from negbench.suites import DataUnavailable, Split, Suite, SuiteData, SuiteError, register
-from negbench.suites.base import stratified_holdout
+from negbench.suites.base import file_digest, stratified_holdout
 from negbench.suites.fashion_mnist import CACHE_DIR
 from negbench.suites.text import (
     PairedTextViews,
@@ -388,6 +388,7 @@ class TextPairs(PairedTextViews, Suite):
         """The splits, with labels or without (``n_classes`` 0 and labels -1 then)."""
         c = self.cfg
         path = Path(self.locate())
+        self.data_identity = f"{path.name}@{file_digest(path)[:12]}"
         pairs = read_pairs(path, c)
         self.pairs, labelled = pairs, pairs.labels is not None
         self.duplicates_dropped = pairs.dropped

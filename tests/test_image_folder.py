@@ -302,18 +302,23 @@ def test_the_cache_is_reused_and_follows_the_files(tmp_path, digits, cache_in_tm
     images, targets = digits
     root = tmp_path / "data"
     which = write(root, images, targets, range(200))
-    first = suite(root, size=16).load()
+    s1 = suite(root, size=16)
+    first = s1.load()
     files = list((cache_in_tmp / "image-folder").glob("*.npz"))
     assert len(files) == 1
-    again = suite(root, size=16).load()
+    s2 = suite(root, size=16)
+    again = s2.load()
     assert torch.equal(first.train.x, again.train.x)
+    assert s1.data_identity == s2.data_identity and s1.data_identity.startswith("data@")
     # rewrite one file with another digit: the folder changed, so it is decoded afresh
     i = int(order(which, targets)[int(first.train.source[0])])
     other = next(j for j in range(200, 400) if targets[j] != targets[i])
     p = root / WORDS[targets[i]] / f"{i:04d}{EXTS[i % len(EXTS)]}"
     Image.fromarray(images[other]).save(p, format="PNG" if "png" in p.suffix.lower() else "BMP")
     os.utime(p, ns=(p.stat().st_atime_ns, p.stat().st_mtime_ns + 10**9))
-    changed = suite(root, size=16).load()
+    s3 = suite(root, size=16)
+    changed = s3.load()
+    assert s3.data_identity != s1.data_identity  # the run's tag and floor key change with it
     np.testing.assert_array_equal(changed.train.x[0, 0].numpy(), images[other])
     assert torch.equal(changed.train.x[1:], first.train.x[1:])
     now = list((cache_in_tmp / "image-folder").glob("*.npz"))

@@ -6,6 +6,7 @@ CLI, and one-line errors for bad files."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -283,6 +284,30 @@ def test_a_run_without_labels(files, tmp_path, capsys):
     for key in ("knn_acc", "linear_acc", "fnr", "fnr_weighted", "floor_knn_acc",
                 "fnr_decile_0"):
         assert key not in m, key  # absent, not a number computed from no labels
+
+
+def test_runs_on_other_files_at_one_path_never_share_floors_or_a_section(articles, tmp_path,
+                                                                         capsys):
+    from negbench.harness.runner import DATA_TAG, FLOOR_FROM_TAG, FLOOR_KEY_TAG
+    from negbench.reports.data import load
+
+    path = tmp_path / "mine.jsonl"
+    write(path, keep(articles, "anchor", "positive", "label"))
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    assert _run(tmp_path, path, capsys)[0] == 0
+    assert _run(tmp_path, path, capsys, "--seed", "0")[0] == 0  # the same file: floors lent
+    write(path, keep(articles[::-1][:300], "anchor", "positive", "label"))  # new contents
+    assert _run(tmp_path, path, capsys)[0] == 0
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    first, again, other = sorted(experiment_runs(uri, "negbench"),
+                                 key=lambda r: r.info.start_time)
+    t1, t2, t3 = (r.data.tags for r in (first, again, other))
+    assert t1[DATA_TAG] == t2[DATA_TAG] == f"mine.jsonl@{digest}"
+    assert t3[DATA_TAG].startswith("mine.jsonl@") and t3[DATA_TAG] != t1[DATA_TAG]
+    assert t2[FLOOR_FROM_TAG] == first.info.run_id  # same data: floors reused
+    assert t3[FLOOR_KEY_TAG] != t1[FLOOR_KEY_TAG] and FLOOR_FROM_TAG not in t3
+    sections = set(load(uri, "negbench").frame["suite"])
+    assert sections == {f"text-pairs [{t1[DATA_TAG]}]", f"text-pairs [{t3[DATA_TAG]}]"}
 
 
 # --------------------------------------------------------------------------- bad input
