@@ -20,9 +20,10 @@ import time
 
 from negbench import strategies
 from negbench.harness.config import build_config, parse_budget, parse_sets
-from negbench.harness.runner import HEALTH_REASON_TAG, HEALTH_TAG, run
+from negbench.harness.runner import run
 from negbench.harness.spec import cell_key
-from negbench.harness.store import CELL_TAG, completed
+from negbench.harness.store import completed
+from negbench.harness.tags import CELL_TAG, HEALTH_REASON_TAG, HEALTH_TAG
 
 COLUMNS = ("knn_acc", "linear_acc", "retrieval_r1", "align", "uniform", "rankme", "hardness",
            "fnr")

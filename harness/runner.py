@@ -41,6 +41,16 @@ from negbench.harness.evaluate import embed, evaluate_items, items_record, knn_t
 from negbench.harness.filters import apply_filter, filter_metrics
 from negbench.harness.metrics import NegativeMeter
 from negbench.harness.objectives import make_objective, objective_flops
+from negbench.harness.tags import (
+    DATA_TAG,
+    FILTER_TAG,
+    FLOOR_FROM_TAG,
+    FLOOR_KEY_TAG,
+    HEALTH_REASON_TAG,
+    HEALTH_TAG,
+    LABELS_TAG,
+    ORACLE_TAG,
+)
 from negbench.harness.tracking import Tracker, run_tags
 from negbench.strategies import Negatives, StepContext
 
@@ -116,12 +126,6 @@ class RunResult:
 
 # budget fractions at which a run's representation health joins its training curve
 HEALTH_AT = (0.25, 0.5, 0.75)
-HEALTH_TAG, HEALTH_REASON_TAG = "negbench.health", "negbench.health_reason"
-LABELS_TAG = "negbench.labels"  # "none" on a run whose suite has no labels
-DATA_TAG = "negbench.data"  # "NAME@HASH": the user's files a run read (Suite.data_identity)
-FILTER_TAG = "negbench.fn_filter"  # the run's false-negative filter, when it has one
-ORACLE_TAG, FLOOR_KEY_TAG, FLOOR_FROM_TAG = "negbench.oracle", "negbench.floor_key", \
-    "negbench.floor_from"
 
 
 def resolve_device(name: str) -> torch.device:

@@ -71,12 +71,11 @@ from typing import Any
 
 from negbench import NegbenchError, strategies, suites
 from negbench.harness.config import ConfigError, RunConfig, build_config, parse_budget
+from negbench.harness.tags import SWEEP_TAG, TUNED_TAG
 from negbench.strategies.registry import PluginError, load_plugin
 
 TOP_KEYS = ("name", "suites", "strategies", "seeds", "budget", "tuned", "objective",
             "overrides", "strategy", "suite", "sweep", "fn_filters", "plugins")
-TUNED_TAG = "negbench.tuned"
-SWEEP_TAG = "negbench.sweep"
 OBJECTIVE_KEYS = ("name", "temperature", "margin", "hardness_alpha")
 
 
@@ -90,7 +89,7 @@ class Cell:
 
     config: RunConfig
     key: str  # hash of the resolved config
-    # tags the cell's run carries besides the usual ones: {"negbench.tuned": FILE name} for a
+    # tags the cell's run carries besides the usual ones: {TUNED_TAG: FILE name} for a
     # cell with tuned values (compared, not hashed: a dict)
     tags: dict[str, str] = field(default_factory=dict, hash=False)
 

@@ -35,9 +35,9 @@ from urllib.parse import urlparse
 
 from negbench import NegbenchError
 from negbench.harness.redact import redact
+from negbench.harness.tags import CELL_TAG
 
 DEFAULT_DIR = Path("negbench-runs")
-CELL_TAG = "negbench.cell"  # the tag naming the ablation cell a run is for
 
 # the schemes mlflow stores runs in (its tracking-store registry), as a user writes them
 TRACKING_SCHEMES = {

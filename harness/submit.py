@@ -456,7 +456,7 @@ def _wait(jobs: list, ids: list[str], spec, cells, tracking: str, report: str,
     """Follow the jobs to their end: a progress line, then what each job's worker ran; exit
     status 1 when some cells are not completed."""
     from negbench.harness.store import completed, search_runs
-    from negbench.harness.worker import WORKER_TAG
+    from negbench.harness.tags import CELL_TAG, WORKER_TAG
 
     keys = {c.key for c in cells}
     err, out = console(), console(stderr=False)
@@ -481,7 +481,7 @@ def _wait(jobs: list, ids: list[str], spec, cells, tracking: str, report: str,
 
     ran: dict[str, int] = {}
     for r in search_runs(tracking, spec.name, "FINISHED"):
-        if r.data.tags.get("negbench.cell") in keys:
+        if r.data.tags.get(CELL_TAG) in keys:
             who = r.data.tags.get(WORKER_TAG, "?")
             ran[who] = ran.get(who, 0) + 1
     failed = 0

@@ -30,6 +30,7 @@ from negbench.harness.store import (
     resolve_uri,
     sqlite_path,
 )
+from negbench.harness.tags import COMMAND_TAG
 
 # DEFAULT_DIR, default_uri and resolve_uri live in harness.store; they stay reachable here
 __all__ = ["DEFAULT_DIR", "DEFAULT_EXPERIMENT", "FINAL_METRICS", "PACKAGES", "SEND_EVERY_S",
@@ -193,7 +194,7 @@ def run_tags(cfg, device: str) -> dict[str, str]:
         "device": device,
         "host": platform.node(),
         "python": platform.python_version(),
-        "negbench.command": command_line(),
+        COMMAND_TAG: command_line(),
     }
     tags.update({f"version.{k}": v for k, v in versions.items()})
     return tags

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from negbench.harness.tags import DEFAULT_TAG, ROLE_TAG
+
 DEFAULT_PREFIX = "tune"
 DEFAULT_EXPERIMENT = "tune"
 DEFAULT_STORAGE_DIR = Path("negbench-runs")
@@ -23,18 +25,18 @@ NUISANCE = {
     "objective.margin": (5.0, 4.0),  # triplet
 }
 
-ATTR_DEFAULT = "negbench.default"
+ATTR_DEFAULT = DEFAULT_TAG  # the study attribute has the run tag's name
 ATTR_FAILURE = "negbench.failure"
 ATTR_SURPLUS = "negbench.surplus"
 ATTR_RUN = "mlflow.run_id"
 ATTR_SETTINGS = "negbench.settings"
 # who created a study: {"command": the tuning command, redacted; "commit": negbench's git commit}
 ATTR_ORIGIN = "negbench.origin"
-TAG_ROLE = "negbench.role"
+TAG_ROLE = ROLE_TAG
 TAG_STUDY = "optuna.study"
 TAG_TRIAL = "optuna.trial"
 TAG_PRUNED = "pruned"
-TAG_DEFAULT = "negbench.default"
+TAG_DEFAULT = DEFAULT_TAG
 INTERMEDIATE = "val_knn_acc"
 
 

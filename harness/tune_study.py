@@ -16,6 +16,7 @@ from typing import Any
 from negbench.harness.config import ConfigError, build_config
 from negbench.harness.redact import redact
 from negbench.harness.store import mlflow_client
+from negbench.harness.tags import COMMAND_TAG
 from negbench.harness.tune_job import Job, Tally, claims, counts, open_storage, quiet_optuna, tally
 from negbench.harness.tune_report import summarize
 from negbench.harness.tune_settings import (
@@ -218,7 +219,7 @@ class StudyWork:
             params["checkpoints"] = ",".join(map(str, self.settings["checkpoints"]))
             self.parent_id = tracker.start(self.name, params, {
                 TAG_ROLE: "study", TAG_STUDY: self.name, "suite": self.suite,
-                "strategy": self.strategy, "negbench.command": command_line(), **tags})
+                "strategy": self.strategy, COMMAND_TAG: command_line(), **tags})
         return self.parent_id
 
     def close_parent(self) -> None:

@@ -46,20 +46,16 @@ from datetime import datetime
 from negbench.harness.pool import process_token, token_alive
 from negbench.harness.spec import Cell, Spec
 from negbench.harness.store import (
-    CELL_TAG,
     close_runs,
     completed,
     file_lock,
     open_optuna,
     sqlite_path,
 )
+from negbench.harness.tags import CELL_TAG, PROCESS_TAG, SPEC_TAG, TRIAL_TAG, WORKER_TAG
 
 PARAM = "cell"
 MAX_RETRY = 3  # how often a dead or interrupted worker's cell is handed out again
-SPEC_TAG = "negbench.spec"
-TRIAL_TAG = "negbench.trial"
-WORKER_TAG = "negbench.worker"
-PROCESS_TAG = "negbench.process"  # the run's process token (pool.process_token)
 ATTR_WORKER = "worker"
 ATTR_PROCESS = "process"
 

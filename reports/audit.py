@@ -10,7 +10,7 @@ import time
 import pandas as pd
 
 from negbench.harness.redact import redact
-from negbench.reports.data import COMMAND_TAG
+from negbench.harness.tags import COMMAND_TAG
 from negbench.reports.format import Table, fmt
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from negbench.harness.tags import HEALTH_REASON_TAG, HEALTH_TAG, LABELS_TAG, ORACLE_TAG
 from negbench.reports import stats
 from negbench.reports.data import ITEM_COLUMNS
 from negbench.reports.format import (
@@ -29,10 +30,6 @@ from negbench.reports.format import (
     suite_metrics,
 )
 
-HEALTH_TAG = "negbench.health"
-HEALTH_REASON_TAG = "negbench.health_reason"
-ORACLE_TAG = "negbench.oracle"
-LABELS_TAG = "negbench.labels"  # "none": the suite has no labels (harness/runner.py)
 UNLABELLED_RANK = "retrieval_mrr"  # what ranks a section without labels
 ORACLE_NAMES = ("fn-free", "supcon")  # oracle references when a run carries no ORACLE_TAG
 FN_FREE = "fn-free"

@@ -26,12 +26,8 @@ from urllib.request import url2pathname
 import pandas as pd
 
 from negbench.harness.config import ConfigError
+from negbench.harness.tags import DATA_TAG, FILTER_TAG, SWEEP_TAG, TUNED_TAG
 
-TUNED_TAG = "negbench.tuned"
-FILTER_TAG = "negbench.fn_filter"  # a run's false-negative filter: its variant is "STRATEGY x F"
-SWEEP_TAG = "negbench.sweep"  # a spec's sweep point: the run's section is "SUITE (POINT)"
-DATA_TAG = "negbench.data"  # the user's files a run read: its section is "SUITE [NAME@HASH]"
-COMMAND_TAG = "negbench.command"
 IDENTITY = ("suite", "strategy", "seed", "budget")
 # the metric histories the curves draw; ``budget_fraction`` is their x axis
 CURVES = ("loss", "fnr", "hardness", "lr")

@@ -152,3 +152,26 @@ def test_no_private_name_is_imported_from_another_module():
     found = sorted(graph()[1] - KNOWN_PRIVATE)
     assert not found, "private imports: " + "; ".join(
         f"{who} takes {name} from {mod}" for who, mod, name in found)
+
+
+def test_every_run_tag_is_named_once_in_harness_tags():
+    """The harness writes run tags and the reports read them: both take their names from
+    harness/tags.py, so a renamed tag cannot leave a reader looking for the old name."""
+    import re
+    from pathlib import Path
+
+    from negbench.harness import tags
+
+    root = Path(tags.__file__).resolve().parents[1]
+    values = {k: v for k, v in vars(tags).items() if k.endswith("_TAG")}
+    assert len(set(values.values())) == len(values)  # no two names for one tag
+    assert all(v.startswith("negbench.") for v in values.values())
+    pattern = re.compile(r'^\s*\w*TAG\w*\s*(?:,\s*\w+\s*)*=\s*"negbench\.', re.M)
+    literal = re.compile("|".join(re.escape(f'"{v}"') for v in values.values()))
+    for folder in ("harness", "reports", "strategies", "suites", "bench"):
+        for f in (root / folder).rglob("*.py"):
+            if f.name == "tags.py":
+                continue
+            text = f.read_text()
+            assert not pattern.search(text), f"{f}: a tag defined outside harness/tags.py"
+            assert not literal.search(text), f"{f}: a tag's name spelt out, not imported"
