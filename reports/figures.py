@@ -153,13 +153,22 @@ def acc_fnr(section: Section, pal: Palette, out: Path) -> Figure | None:
 def curves(section: Section, hist: pd.DataFrame, pal: Palette, out: Path) -> Figure | None:
     if hist.empty:
         return None
-    fig, axes = _new(9.0, 6.0, 2, 2)
+    ids = {i for v in section.order for i in section.data["strategies"][v]["run_ids"]}
+    mine = hist[hist["run_id"].isin(ids)]
+    # a panel for each curve some run recorded: no FNR panel for a section without labels
+    keys = [k for k in CURVES if k in mine.columns and mine[k].notna().any()]
+    if not keys:
+        return None
+    rows = (len(keys) + 1) // 2
+    fig, axes = _new(9.0, 3.0 * rows, rows, 2)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.remove()
     handles = {}
-    for ax, key in zip(axes.flat, CURVES, strict=True):
+    for ax, key in zip(axes.flat, keys, strict=False):
         n = len(section.order)
         for i, v in enumerate(section.order):
             ids = section.data["strategies"][v]["run_ids"]
-            h = hist[hist["run_id"].isin(ids)]
+            h = mine[mine["run_id"].isin(ids)]
             if h.empty or h[key].isna().all():
                 continue
             mean = h.groupby("step")[[X_AXIS, key]].mean().sort_values(X_AXIS)
@@ -178,9 +187,12 @@ def curves(section: Section, hist: pd.DataFrame, pal: Palette, out: Path) -> Fig
                frameon=False)
     name = f"{section.slug}-curves.png"
     _save(fig, out / name)
+    interval = " and ".join(CURVE_TITLES[k].split(" (")[0] for k in ("fnr", "hardness")
+                            if k in keys)
     return Figure("curves", name, "training curves against the fraction of the budget spent, "
-                                  "mean over seeds at each log point (FNR and hardness: over "
-                                  "the interval since the previous point).")
+                                  "mean over seeds at each log point"
+                                  + (f" ({interval}: over the interval since the previous "
+                                     "point)." if interval else "."))
 
 
 def deciles(section: Section, pal: Palette, out: Path) -> Figure | None:

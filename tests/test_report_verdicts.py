@@ -353,6 +353,39 @@ def test_floors_are_means_over_seeds_of_each_seed_with_raw_inputs():
     assert sec.data["floors"]["floor_knn_acc"]["seeds"] == [0, 1]
 
 
+def test_the_curves_figure_draws_a_panel_only_for_curves_some_run_recorded(tmp_path,
+                                                                          monkeypatch):
+    from matplotlib import pyplot as plt
+
+    from negbench.reports import figures
+
+    rows = [run("in-batch", 0, bits(300), tags=OK), run("hcl", 0, bits(290), tags=OK)]
+    sec = section(rows)
+    pal = figures.Palette(["in-batch", "hcl"])
+    hist = pd.DataFrame([{"run_id": f"{v}-0", "step": st, "budget_fraction": st / 4,
+                          "loss": 5.0 - st, "fnr": 0.1, "hardness": 0.2 * st, "lr": 1e-3}
+                         for v in ("in-batch", "hcl") for st in range(1, 5)])
+    panels = {}
+    write_png = figures._save
+
+    def note_panels(fig, path):  # the figure's panel titles, read before it is written
+        panels[path.name] = sorted(ax.get_title() for ax in fig.axes if ax.get_title())
+        write_png(fig, path)
+        plt.close(fig)
+
+    monkeypatch.setattr(figures, "_save", note_panels)
+    full = figures.curves(sec, hist, pal, tmp_path)
+    assert panels.pop(full.file) == sorted(figures.CURVE_TITLES.values())
+    assert (tmp_path / full.file).is_file()
+    assert "(FNR and hardness: over the interval" in full.caption
+    no_fnr = figures.curves(sec, hist.assign(fnr=float("nan")), pal, tmp_path)  # no labels
+    assert panels.pop(no_fnr.file) == sorted(v for k, v in figures.CURVE_TITLES.items()
+                                             if k != "fnr")
+    assert "FNR" not in no_fnr.caption and "(hardness: over the interval" in no_fnr.caption
+    assert figures.curves(sec, hist.drop(columns=["loss", "fnr", "hardness", "lr"]), pal,
+                          tmp_path) is None
+
+
 # --------------------------------------------------------------------------- the files
 def test_report_json_markdown_and_html_carry_the_verdicts(tmp_path):
     from negbench.reports import figures, render
