@@ -4,6 +4,7 @@ positive pair), an encoder, and a default budget. Suites know nothing of the har
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -221,6 +222,12 @@ def regroup(data: SuiteData, groups: tuple[tuple[str, tuple[int, ...]], ...]) ->
 
     return SuiteData(split(data.train), split(data.val), split(data.test), n_classes=len(groups),
                      class_names=tuple(name for name, _ in groups))
+
+
+def cache_dir() -> Path:
+    """Where suites keep downloads, tokenizers and decoded images: ``$NEGBENCH_CACHE``, else
+    ``~/.cache/negbench`` (read at call time, so a test or a user may set it late)."""
+    return Path(os.environ.get("NEGBENCH_CACHE") or Path.home() / ".cache" / "negbench")
 
 
 def file_digest(path: Path, chunk: int = 1 << 20) -> str:

@@ -40,8 +40,7 @@ import torch
 from torch import nn
 
 from negbench.suites import DataUnavailable, Split, Suite, SuiteData, register
-from negbench.suites.base import stratified_holdout
-from negbench.suites.fashion_mnist import CACHE_DIR
+from negbench.suites.base import cache_dir, stratified_holdout
 from negbench.suites.text import (
     PairedTextViews,
     TinyTransformer,
@@ -170,7 +169,7 @@ class BBCNews(PairedTextViews, Suite):
             from negbench.suites.minilm import minilm_tokenizer
 
             return minilm_tokenizer()
-        return train_tokenizer(train_texts, c.vocab_size, CACHE_DIR / "bbc-news")
+        return train_tokenizer(train_texts, c.vocab_size, cache_dir() / "bbc-news")
 
     def _load(self) -> SuiteData:
         c = self.cfg

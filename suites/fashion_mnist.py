@@ -18,11 +18,10 @@ import torch
 from torch import Tensor, nn
 
 from negbench.suites import DataUnavailable, Split, Suite, SuiteData, SuiteError, register
-from negbench.suites.base import stratified_holdout
+from negbench.suites.base import cache_dir, stratified_holdout
 from negbench.suites.vision import AugmentConfig, SmallCNN, augment
 
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
-CACHE_DIR = Path(os.environ.get("NEGBENCH_CACHE", Path.home() / ".cache" / "negbench"))
 FILES = {
     "train_x": "train-images-idx3-ubyte",
     "train_y": "train-labels-idx1-ubyte",
@@ -112,7 +111,7 @@ class FashionMNIST(Suite):
                     return str(sub)
             raise DataUnavailable(f"fashion-mnist: no Fashion-MNIST idx files in --data-dir {d} "
                                   f"(expected {', '.join(FILES.values())}, optionally .gz)")
-        for d in (Path(DEBIAN_DIR), CACHE_DIR / "FashionMNIST" / "raw"):
+        for d in (Path(DEBIAN_DIR), cache_dir() / "FashionMNIST" / "raw"):
             if self._dir_with_files(d):
                 return str(d)
         if self.cfg.download:
@@ -123,12 +122,12 @@ class FashionMNIST(Suite):
         from torchvision.datasets import FashionMNIST as TVFashion
 
         try:
-            TVFashion(str(CACHE_DIR), train=True, download=True)
-            TVFashion(str(CACHE_DIR), train=False, download=True)
+            TVFashion(str(cache_dir()), train=True, download=True)
+            TVFashion(str(cache_dir()), train=False, download=True)
         except Exception as e:  # no network, or a broken mirror
             raise DataUnavailable(f"fashion-mnist: data not found and the download failed "
                                   f"({type(e).__name__}); {HOW_TO_GET}") from None
-        return CACHE_DIR / "FashionMNIST" / "raw"
+        return cache_dir() / "FashionMNIST" / "raw"
 
     def _load(self) -> SuiteData:
         where = self.locate()

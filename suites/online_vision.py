@@ -40,16 +40,11 @@ import torch
 from torch import Tensor, nn
 
 from negbench.suites import DataUnavailable, Split, Suite, SuiteData, SuiteError, register
-from negbench.suites.base import stratified_holdout
+from negbench.suites.base import cache_dir, stratified_holdout
 from negbench.suites.resnet import STEMS, ResNet18
 from negbench.suites.simclr_augment import SimCLRAugmentConfig, simclr_augment
 
 DOWNLOAD = "torchvision download"
-
-
-def cache_dir() -> Path:
-    """Where downloads go and where a previous download is found (read at call time)."""
-    return Path(os.environ.get("NEGBENCH_CACHE") or Path.home() / ".cache" / "negbench")
 
 
 @dataclass(frozen=True)

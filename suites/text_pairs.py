@@ -72,8 +72,7 @@ import torch
 from torch import Tensor, nn
 
 from negbench.suites import DataUnavailable, Split, Suite, SuiteData, SuiteError, register
-from negbench.suites.base import file_digest, stratified_holdout
-from negbench.suites.fashion_mnist import CACHE_DIR
+from negbench.suites.base import cache_dir, file_digest, stratified_holdout
 from negbench.suites.text import (
     PairedTextViews,
     TinyTransformer,
@@ -377,7 +376,7 @@ class TextPairs(PairedTextViews, Suite):
             from negbench.suites.minilm import minilm_tokenizer
 
             return minilm_tokenizer()
-        return train_tokenizer(train_texts, c.vocab_size, CACHE_DIR / NAME)
+        return train_tokenizer(train_texts, c.vocab_size, cache_dir() / NAME)
 
     @property
     def labelled(self) -> bool:

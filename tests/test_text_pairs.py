@@ -310,6 +310,13 @@ def test_runs_on_other_files_at_one_path_never_share_floors_or_a_section(article
     assert sections == {f"text-pairs [{t1[DATA_TAG]}]", f"text-pairs [{t3[DATA_TAG]}]"}
 
 
+def test_the_tokenizer_cache_follows_negbench_cache_set_after_import(files, tmp_path,
+                                                                      monkeypatch):
+    monkeypatch.setenv("NEGBENCH_CACHE", str(tmp_path / "cache"))
+    create(files["jsonl"], vocab_size=500).load()  # a vocabulary size no other test trains
+    assert len(list((tmp_path / "cache" / "text-pairs").glob("wordpiece-500-*.json"))) == 1
+
+
 # --------------------------------------------------------------------------- bad input
 def _bad_files(articles, d: Path) -> dict[str, tuple[Path, list[str], str]]:
     rows = keep(articles[:40], "anchor", "positive", "label")
