@@ -80,6 +80,7 @@ from negbench.suites.text import (
     PairedTextViews,
     TinyTransformer,
     TransformerConfig,
+    check_text_config,
     encode_texts,
     fit,
     json_lines,
@@ -332,20 +333,7 @@ class AGNewsConfig:
     def __post_init__(self):
         if self.val_size < 1:
             raise SuiteError(f"ag-news: val_size must be >= 1, got {self.val_size}")
-        if self.vocab_size < 100:
-            raise SuiteError(f"ag-news: vocab_size must be >= 100, got {self.vocab_size}")
-        for name in ("title_len", "desc_len", "view_len"):
-            if getattr(self, name) < 1:
-                raise SuiteError(f"ag-news: {name} must be >= 1, got {getattr(self, name)}")
-        for name in ("view_len", "title_len"):
-            if getattr(self, name) > self.desc_len:
-                raise SuiteError(f"ag-news: {name} ({getattr(self, name)}) must not exceed "
-                                 f"desc_len ({self.desc_len})")
-        if self.view_len > self.transformer.max_len:
-            raise SuiteError(f"ag-news: view_len ({self.view_len}) exceeds the transformer's "
-                             f"max_len ({self.transformer.max_len})")
-        if not 0.0 <= self.dropout_p < 1.0:
-            raise SuiteError(f"ag-news: dropout_p must lie in [0, 1), got {self.dropout_p}")
+        check_text_config("ag-news", self, ("title_len", "desc_len", "view_len"), "desc_len")
 
 
 @register("ag-news")

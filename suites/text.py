@@ -133,11 +133,14 @@ ENCODERS = ("transformer", "minilm")  # from scratch on the suite's tokens | pre
 
 
 def check_text_config(suite: str, cfg, lengths: tuple[str, ...], longest: str) -> None:
-    """The checks every text suite's config shares, each a one-line SuiteError: vocab_size
-    >= 100; the token lengths ``lengths`` (field names, ``longest`` among them) >= 1 and none
-    above ``longest``; dropout_p in [0, 1); the encoder one of :data:`ENCODERS` (when the config
-    has one); view_len within the transformer's max_len when the transformer is the encoder."""
-    if not (0 < cfg.val_fraction < 1 and 0 < cfg.test_fraction < 1
+    """The checks every text suite's config shares, each a one-line SuiteError: val_fraction
+    and test_fraction (when the config splits by fractions) in (0, 1) with a sum below 1;
+    vocab_size >= 100; the token lengths ``lengths`` (field names, ``longest`` among them) >= 1
+    and none above ``longest``; dropout_p in [0, 1); the encoder one of :data:`ENCODERS` (when
+    the config has one); view_len within the transformer's max_len when the transformer is the
+    encoder."""
+    if hasattr(cfg, "val_fraction") and not (
+            0 < cfg.val_fraction < 1 and 0 < cfg.test_fraction < 1
             and cfg.val_fraction + cfg.test_fraction < 1):
         raise SuiteError(f"{suite}: val_fraction and test_fraction must lie in (0, 1) and sum "
                          "to less than 1")

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -346,6 +347,18 @@ def test_ag_views_and_retrieval(cache, tmp_path):
     m = s.evaluate_extra(enc, d, "test")
     assert set(m) == {"retrieval_r1", "retrieval_r10", "retrieval_mrr"}
     assert all(0.0 <= v <= 1.0 for v in m.values())
+
+
+@pytest.mark.parametrize("bad,why", [
+    (dict(val_size=0), "val_size must be >= 1"), (dict(vocab_size=50), "vocab_size must be"),
+    (dict(title_len=0), "title_len must be >= 1"), (dict(view_len=65), "view_len (65) must not "
+                                                   "exceed desc_len"),
+    (dict(dropout_p=1.0), "dropout_p must lie in"),
+    (dict(desc_len=512, view_len=300), "exceeds the transformer's max_len")])
+def test_ag_bad_config_is_one_line(bad, why):
+    with pytest.raises(SuiteError, match=re.escape(why)) as e:
+        ag_cfg(**bad)
+    assert str(e.value).startswith("ag-news: ") and "\n" not in str(e.value)
 
 
 def test_ag_bad_val_size_is_a_clear_error(cache, tmp_path):
