@@ -27,6 +27,11 @@ by default, where the two agree. ``b`` here is the paper's.
 NOTE: candidates come from the batch each step (no corpus index refreshed every 2,000 steps as
 in the authors' AR2 co-training loop); an anchor with fewer than K candidates in its top-k uses
 all of them.
+NOTE: ``warmup`` (negbench's, 0 by default: the rule above from the first step) trains on every
+in-batch negative until that fraction of the budget is spent. The authors start from a trained
+retriever (AR2's warm-up), where the positive's score means something; an encoder trained from
+scratch starts with every view alike, and the "ambiguous" band around a meaningless s_p is then
+any candidate (see docs/decisions.md, "bbc-news: strategy defaults").
 """
 
 from __future__ import annotations
@@ -55,11 +60,13 @@ class SimANSConfig:
     b: float = 0.0  # the peak's offset from the positive's score (on logits), the paper's sign
     top_k: int = 100  # the candidate set: each anchor's top_k most similar candidates
     K: int = 15  # negatives drawn per anchor, without replacement
+    warmup: float = 0.0  # fraction of the budget trained on all in-batch negatives first
 
     space: ClassVar[dict] = {
         "a": Float(0.05, 5.0, log=True),
         "b": Float(-2.0, 2.0),
         "K": Int(4, 64, log=True),
+        "warmup": Float(0.0, 0.5),
     }
 
     def __post_init__(self):
@@ -67,6 +74,9 @@ class SimANSConfig:
             raise StrategyError(f"simans: a must be > 0, got {self.a}")
         if self.top_k < 1 or self.K < 1:
             raise StrategyError(f"simans: top_k and K must be >= 1, got {self.top_k}, {self.K}")
+        if not 0.0 <= self.warmup < 1.0:
+            raise StrategyError(f"simans: warmup (a fraction of the budget) must lie in [0, 1), "
+                                f"got {self.warmup}")
 
 
 def simans_draw(s: Tensor, s_pos: Tensor, valid: Tensor, cfg: SimANSConfig, tau: float,
@@ -103,6 +113,8 @@ class SimANS(Strategy):
     def mine(self, q: Tensor, k: Tensor, ctx: StepContext) -> Negatives:
         cfg = self.cfg
         negs, s, s_pos = in_batch_scored(q, k, ctx.ids)
+        if ctx.fraction < cfg.warmup:  # NOTE: every in-batch negative yet (module docstring)
+            return negs
         with torch.no_grad():
             cols, ok = simans_draw(s, s_pos, negs.mask, cfg, ctx.temperature, ctx.generator)
         # index form: the objective works on the K drawn columns, not a mask over all of P

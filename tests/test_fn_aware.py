@@ -183,6 +183,23 @@ def test_simans_frequencies_match_its_probabilities(a, b):
     assert max(max(p.values()) for p in probs) > 0.4  # not uniform, so the test can fail
 
 
+def test_simans_warmup_keeps_every_in_batch_negative_until_that_fraction():
+    from negbench.strategies.kernels import in_batch_negatives
+
+    q, k = _views(b=16, seed=9)
+    cls = strategies.get("simans")
+    strat = cls(cls.Config(warmup=0.25, K=4), dim=q.shape[1], n_train=100)
+    ids = torch.arange(16) * 3
+    table = Table(100, q.shape[1])
+    early = strat.select(q, k, make_ctx(ids, table, fraction=0.2))
+    assert early.index is None  # mask form: every other view of the batch
+    assert torch.equal(early.selected(), in_batch_negatives(q, k, ids).selected())
+    later = strat.select(q, k, make_ctx(ids, table, fraction=0.25))
+    assert later.index.shape == (32, 4)  # SimANS's draw from then on
+    with pytest.raises(strategies.StrategyError, match="warmup"):
+        cls.Config(warmup=1.0)
+
+
 # --------------------------------------------------------------------------- glofnd
 def _loop_glofnd(q, k, ids, lam, m, v, alpha, lr, epoch):
     """The authors' rule one item at a time: keep s_ij <= lambda_i; g_i = alpha - mean over i's
