@@ -35,6 +35,20 @@ def test_mcnemar_by_hand():
         stats.mcnemar([True], [True, False])
 
 
+def test_mcnemar_on_a_large_test_split_does_not_overflow():
+    """Past 1,030 discordant items C(m, i) and 2^m overflow a float (fashion-mnist's 10,000
+    test items got there): the exact p stays exact, and close to the normal approximation."""
+    def vectors(a_only: int, b_only: int) -> tuple[list[bool], list[bool]]:
+        return ([True] * a_only + [False] * b_only, [False] * a_only + [True] * b_only)
+
+    t = stats.mcnemar(*vectors(700, 800))
+    z = (100 - 1) / math.sqrt(1500)  # continuity-corrected normal approximation: p ~ 0.0106
+    normal = math.erfc(z / math.sqrt(2))
+    assert t.discordant == 1500 and t.p == pytest.approx(normal, rel=0.1)
+    assert stats.mcnemar(*vectors(600, 600)).p == 1.0
+    assert 0.0 <= stats.mcnemar(*vectors(0, 1200)).p < 1e-300  # 2 / 2^1200: underflows
+
+
 def test_holm_by_hand():
     # sorted: 0.005 x 4 = 0.02; 0.01 x 3 = 0.03; 0.03 x 2 = 0.06; 0.04 x 1 = 0.04 -> 0.06
     adj = stats.holm([0.01, 0.04, 0.03, 0.005])
