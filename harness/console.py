@@ -12,7 +12,9 @@ import argparse
 import math
 import os
 import shlex
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 
 from negbench import NegbenchError
@@ -21,6 +23,17 @@ from negbench.harness.redact import redact
 EXIT_USAGE = 2  # bad input: NegbenchError.exit_code
 EXIT_FAILED = 1  # a run failed, or a cell of an ablation is not completed
 EXIT_INTERRUPTED = 130  # Ctrl-C
+EXIT_TERMINATED = 143  # SIGTERM (kill, a scheduler's stop): 128 + 15
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread: everything that cleans up after Ctrl-C (a run ended
+    KILLED in mlflow, an ablation's workers stopped, its queue's claims released) does so after
+    ``kill`` too, instead of the process vanishing with its runs left RUNNING."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
 COMMAND_ENV = "NEGBENCH_COMMAND"  # the command every run records (tag negbench.command)
 
 
@@ -101,7 +114,8 @@ def run_command(args: argparse.Namespace, words: Sequence[str]) -> int:
     """Run ``args.handler(args)`` (the subcommand's) and return its exit status: the one place
     where a command's errors end. A :class:`~negbench.NegbenchError` becomes one line on stderr
     and its ``exit_code`` (2, bad input; 1, a run that failed); Ctrl-C becomes one line and 130
-    (``args.on_interrupt``, if the subcommand sets it, is appended to that line).
+    (``args.on_interrupt``, if the subcommand sets it, is appended to that line), SIGTERM the
+    same with "terminated" and 143 (:class:`Terminated`, raised where Ctrl-C would be).
 
     ``words``: the command line as the user typed it (``negbench ...``), recorded in
     ``NEGBENCH_COMMAND`` for the runs this command makes, unless a parent process set it, with
@@ -110,6 +124,9 @@ def run_command(args: argparse.Namespace, words: Sequence[str]) -> int:
     name = f"negbench {args.command}"
     inherited = os.environ.get(COMMAND_ENV)
     os.environ[COMMAND_ENV] = inherited or redact(shlex.join(list(words)))
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         if getattr(args, "plugins", None):  # --plugin: before the command looks anything up
             from negbench.strategies.registry import load_plugin
@@ -122,10 +139,13 @@ def run_command(args: argparse.Namespace, words: Sequence[str]) -> int:
         what = "run failed" if e.exit_code == EXIT_FAILED else "error"
         sys.stderr.write(f"{name}: {what}: {redact(one_line(e))}\n")
         return e.exit_code
-    except KeyboardInterrupt:
-        sys.stderr.write(f"{name}: interrupted{getattr(args, 'on_interrupt', '')}\n")
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as e:
+        how = "terminated" if isinstance(e, Terminated) else "interrupted"
+        sys.stderr.write(f"{name}: {how}{getattr(args, 'on_interrupt', '')}\n")
+        return EXIT_TERMINATED if isinstance(e, Terminated) else EXIT_INTERRUPTED
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         if inherited is None:
             os.environ.pop(COMMAND_ENV, None)
 

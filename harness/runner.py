@@ -611,13 +611,6 @@ def run(cfg: RunConfig, *, tracking_uri: str | None = None, experiment: str = "n
         tracker.log_json("config.json", cfg.to_dict())
         if on_tracked is not None:
             on_tracked(tracker.run_id)
-    # the floors: another finished run of this experiment with the same floor key measured
-    # them already (the same untrained encoder on the same split), or this run measures them
-    floors, floor_from = _recorded_floors(tracker, floor_key), None
-    if floors is not None:
-        floors, floor_from = floors
-    else:
-        floors = trainer.floor()
     health_at = HEALTH_AT if trainer.dist is None else ()  # no checkpoints across ranks
 
     def log(point: dict[str, Any]) -> None:
@@ -648,7 +641,14 @@ def run(cfg: RunConfig, *, tracking_uri: str | None = None, experiment: str = "n
         if point and tracker is not None:
             tracker.log_metrics(point, step=int(tr.budget.samples))
 
-    try:
+    try:  # from here an interruption (Ctrl-C, SIGTERM) or an error ends the tracked run
+        # the floors: another finished run of this experiment with the same floor key measured
+        # them already (the same untrained encoder on the same split), or this run measures them
+        floors, floor_from = _recorded_floors(tracker, floor_key), None
+        if floors is not None:
+            floors, floor_from = floors
+        else:
+            floors = trainer.floor()
         trainer.train(on_log=log, checkpoints=tuple(sorted({*checkpoints, *health_at})),
                       on_checkpoint=checkpoint)
         if tracker is not None:  # the curve's last points are stored while evaluation runs

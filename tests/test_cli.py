@@ -139,3 +139,34 @@ def test_help_imports_neither_torch_nor_mlflow_optuna_pandas(argv):
 
 def test_listing_strategies_imports_torch_but_not_the_trackers():
     assert _imported_by(["strategies"]) == {"torch"}
+
+
+def test_sigterm_ends_the_run_killed_with_one_line_and_143(tmp_path):
+    """`kill` (or a scheduler's stop) is handled like Ctrl-C: the mlflow run is ended KILLED,
+    not left RUNNING forever, and the command says so in one line."""
+    import signal
+    import time
+
+    from conftest import experiment_runs
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    p = subprocess.Popen([sys.executable, "-m", "negbench.harness.cli", "run", "--suite",
+                          "digits", "--strategy", "in-batch", "--budget", "samples=10000000",
+                          "--tracking-uri", uri, "--no-progress"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 120
+        while not experiment_runs(uri, "negbench", "RUNNING"):
+            assert p.poll() is None and time.monotonic() < deadline, p.communicate()
+            time.sleep(0.5)
+        time.sleep(1.0)  # inside the training loop
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 143, err
+    assert err.strip().splitlines()[-1] == "negbench run: terminated" and "Traceback" not in err
+    (r,) = experiment_runs(uri, "negbench")
+    assert r.info.status == "KILLED"
