@@ -74,8 +74,8 @@ from torch import Tensor, nn
 
 from negbench import atomic_path
 from negbench.suites import DataUnavailable, Split, Suite, SuiteData, SuiteError, register
-from negbench.suites.base import stratified_holdout
-from negbench.suites.online_vision import cache_dir, reachable
+from negbench.suites.base import cache_dir, stratified_holdout
+from negbench.suites.online_vision import reachable
 from negbench.suites.text import (
     PairedTextViews,
     TinyTransformer,

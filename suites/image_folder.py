@@ -67,8 +67,7 @@ from torch import Tensor, nn
 
 from negbench import atomic_path
 from negbench.suites import DataUnavailable, Split, Suite, SuiteData, SuiteError, register
-from negbench.suites.base import stratified_holdout
-from negbench.suites.online_vision import cache_dir
+from negbench.suites.base import cache_dir, stratified_holdout
 from negbench.suites.resnet import STEMS, ResNet18
 from negbench.suites.simclr_augment import SimCLRAugmentConfig, simclr_augment
 from negbench.suites.vision import AugmentConfig, SmallCNN, augment
@@ -270,12 +269,10 @@ def files_digest(root: Path, files: list[Path]) -> str:
     return h.hexdigest()
 
 
-def cache_file(root: Path, files: list[Path], size: int, channels: str,
-               digest: str | None = None) -> Path:
+def cache_file(root: Path, digest: str, size: int, channels: str) -> Path:
     """``$NEGBENCH_CACHE/image-folder/SETTING-FILES.npz``: SETTING hashes the folder's path,
-    ``size`` and ``channels``; FILES is :func:`files_digest` (``digest`` when already known)."""
+    ``size`` and ``channels``; FILES is the folder's :func:`files_digest`."""
     setting = json.dumps([CACHE_FORMAT, str(root), size, channels]).encode()
-    digest = digest or files_digest(root, files)
     name = f"{hashlib.sha256(setting).hexdigest()[:16]}-{digest[:24]}.npz"
     return cache_dir() / NAME / name
 
@@ -342,7 +339,7 @@ class ImageFolder(Suite):
         self.data_identity = f"{root.name}@{digest[:12]}"
         cached = None
         if c.cache:
-            where = cache_file(root, files, c.size, c.channels, digest)
+            where = cache_file(root, digest, c.size, c.channels)
             cached = _read_cache(where)
         if cached is None:
             cached = decode_all(files, c.size, c.channels)
