@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from negbench.harness.tags import DEFAULT_TAG, ROLE_TAG
+from negbench.harness.tags import DEFAULT_TAG
 
 DEFAULT_PREFIX = "tune"
 DEFAULT_EXPERIMENT = "tune"
@@ -32,11 +32,9 @@ ATTR_RUN = "mlflow.run_id"
 ATTR_SETTINGS = "negbench.settings"
 # who created a study: {"command": the tuning command, redacted; "commit": negbench's git commit}
 ATTR_ORIGIN = "negbench.origin"
-TAG_ROLE = ROLE_TAG
 TAG_STUDY = "optuna.study"
 TAG_TRIAL = "optuna.trial"
 TAG_PRUNED = "pruned"
-TAG_DEFAULT = DEFAULT_TAG
 INTERMEDIATE = "val_knn_acc"
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from negbench.harness.config import ConfigError, build_config
 from negbench.harness.redact import redact
 from negbench.harness.store import mlflow_client
-from negbench.harness.tags import COMMAND_TAG
+from negbench.harness.tags import COMMAND_TAG, DEFAULT_TAG, ROLE_TAG
 from negbench.harness.tune_job import Job, Tally, claims, counts, open_storage, quiet_optuna, tally
 from negbench.harness.tune_report import summarize
 from negbench.harness.tune_settings import (
@@ -28,9 +28,7 @@ from negbench.harness.tune_settings import (
     ATTR_SURPLUS,
     INTERMEDIATE,
     POLL_SECONDS,
-    TAG_DEFAULT,
     TAG_PRUNED,
-    TAG_ROLE,
     TAG_STUDY,
     TAG_TRIAL,
     study_name,
@@ -191,7 +189,7 @@ class StudyWork:
     def _find_parent(self, tracker):
         found = tracker.client.search_runs(
             [tracker.experiment_id],
-            filter_string=f"tags.`{TAG_ROLE}` = 'study' and tags.`{TAG_STUDY}` = '{self.name}'",
+            filter_string=f"tags.`{ROLE_TAG}` = 'study' and tags.`{TAG_STUDY}` = '{self.name}'",
             max_results=1, order_by=["attributes.start_time ASC"])
         return found[0] if found else None
 
@@ -218,7 +216,7 @@ class StudyWork:
             params.update({f"space.{k}": v for k, v in self.settings["space"].items()})
             params["checkpoints"] = ",".join(map(str, self.settings["checkpoints"]))
             self.parent_id = tracker.start(self.name, params, {
-                TAG_ROLE: "study", TAG_STUDY: self.name, "suite": self.suite,
+                ROLE_TAG: "study", TAG_STUDY: self.name, "suite": self.suite,
                 "strategy": self.strategy, COMMAND_TAG: command_line(), **tags})
         return self.parent_id
 
@@ -304,7 +302,7 @@ class StudyWork:
         is_default = bool(trial.user_attrs.get(ATTR_DEFAULT))
         on_event({"event": "start", "study": self.name, "trial": n, "default": is_default})
         tags = {"mlflow.parentRunId": parent, TAG_STUDY: self.name, TAG_TRIAL: str(n),
-                TAG_PRUNED: "false", TAG_DEFAULT: str(is_default).lower()}
+                TAG_PRUNED: "false", DEFAULT_TAG: str(is_default).lower()}
         run_name = f"{self.suite}/{self.strategy}/trial {n}"
 
         def fail(reason: str) -> _TrialFailed:

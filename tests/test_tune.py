@@ -118,7 +118,7 @@ def test_a_small_study_completes_with_its_best_inside_the_space(small):
 def test_each_trial_is_a_nested_mlflow_run_with_its_params_and_history(small):
     d, _, _ = small
     runs = mlflow_runs(d)
-    parents = [r for r in runs if r.data.tags.get(T.TAG_ROLE) == "study"]
+    parents = [r for r in runs if r.data.tags.get(T.ROLE_TAG) == "study"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     parent = parents[0]
     st = study(d, "hcl")
@@ -217,7 +217,7 @@ def test_an_interrupted_study_resumes_its_count(tmp_path):
     assert sum(bool(t.user_attrs.get(T.ATTR_DEFAULT)) for t in trials) == 1
     runs = trial_runs(tmp_path, "tune:digits:in-batch")
     assert sorted(runs) == [0, 1, 2, 3]
-    parents = [r for r in mlflow_runs(tmp_path) if r.data.tags.get(T.TAG_ROLE) == "study"]
+    parents = [r for r in mlflow_runs(tmp_path) if r.data.tags.get(T.ROLE_TAG) == "study"]
     assert len(parents) == 1 and parents[0].data.tags["trials"] == "4"
     assert {r.data.tags["mlflow.parentRunId"] for r in runs.values()} == {
         parents[0].info.run_id}
