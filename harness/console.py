@@ -24,6 +24,7 @@ EXIT_USAGE = 2  # bad input: NegbenchError.exit_code
 EXIT_FAILED = 1  # a run failed, or a cell of an ablation is not completed
 EXIT_INTERRUPTED = 130  # Ctrl-C
 EXIT_TERMINATED = 143  # SIGTERM (kill, a scheduler's stop): 128 + 15
+COMMAND_ENV = "NEGBENCH_COMMAND"  # the command every run records (tag negbench.command)
 
 
 class Terminated(KeyboardInterrupt):
@@ -34,7 +35,6 @@ class Terminated(KeyboardInterrupt):
 
 def _raise_terminated(signum, frame):
     raise Terminated()
-COMMAND_ENV = "NEGBENCH_COMMAND"  # the command every run records (tag negbench.command)
 
 
 class UserError(NegbenchError):
@@ -140,9 +140,10 @@ def run_command(args: argparse.Namespace, words: Sequence[str]) -> int:
         sys.stderr.write(f"{name}: {what}: {redact(one_line(e))}\n")
         return e.exit_code
     except KeyboardInterrupt as e:
-        how = "terminated" if isinstance(e, Terminated) else "interrupted"
+        how, code = (("terminated", EXIT_TERMINATED) if isinstance(e, Terminated)
+                     else ("interrupted", EXIT_INTERRUPTED))
         sys.stderr.write(f"{name}: {how}{getattr(args, 'on_interrupt', '')}\n")
-        return EXIT_TERMINATED if isinstance(e, Terminated) else EXIT_INTERRUPTED
+        return code
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

@@ -53,6 +53,7 @@ def section_name(tags: dict) -> str:
         name += f" [{tags[DATA_TAG]}]"
     return name
 
+
 def client(uri: str | None):
     from mlflow import MlflowClient
 

@@ -153,8 +153,8 @@ def acc_fnr(section: Section, pal: Palette, out: Path) -> Figure | None:
 def curves(section: Section, hist: pd.DataFrame, pal: Palette, out: Path) -> Figure | None:
     if hist.empty:
         return None
-    ids = {i for v in section.order for i in section.data["strategies"][v]["run_ids"]}
-    mine = hist[hist["run_id"].isin(ids)]
+    ranked = {i for v in section.order for i in section.data["strategies"][v]["run_ids"]}
+    mine = hist[hist["run_id"].isin(ranked)]
     # a panel for each curve some run recorded: no FNR panel for a section without labels
     keys = [k for k in CURVES if k in mine.columns and mine[k].notna().any()]
     if not keys:

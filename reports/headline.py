@@ -145,7 +145,7 @@ def headline(ctx: HeadlineContext) -> str:
     head = ("no strategy differs from" if not below else "no strategy leads")
     # When every strategy is below the reference, the "largest lead" is a deficit: call it the
     # closest, so a negative figure is never read as a lead.
-    nearest = "the largest" if not lead <= 0 else "none is ahead; the closest"
+    nearest = "none is ahead; the closest" if lead <= 0 else "the largest"
     parts = [f"On {where}, {head} {REFERENCE} beyond noise at this budget: {spread}, and no "
              f"lead over {REFERENCE} ({nearest}: {points(lead)} points) survives Holm's "
              f"correction over {plural(v['comparisons'], 'comparison', 'comparisons')}."
