@@ -148,6 +148,45 @@ class _ShiftedNCE(torch.autograd.Function):
         return d_sim, d_pos, d_w, None, None, None, None, None
 
 
+class _MultiPositiveNCE(torch.autograd.Function):
+    """Per-anchor L_out (several positives) from the (A, W) similarities in a few fused passes,
+    shifted as :class:`_ShiftedNCE` (cosines are at most 1; needs 2/tau <= 80), with c = 1/tau,
+    U the denominator's candidates (selected or extra positives), E the extra positives and
+    n = 1 + |E|:
+
+        loss = log(e_p + sum_U exp(c (s - 1))) - c ((s_p + sum_E s) / n - 1)
+
+    Backward is written out: d loss / d s_j = c U_j exp(c (s_j - 1)) / denom - c E_j / n, one
+    pass over the saved e U and one over E, where autograd through the plain expression keeps
+    about ten (A, W) tensors."""
+
+    @staticmethod
+    def forward(ctx, sim: Tensor, pos: Tensor, used: Tensor, ep: Tensor, c: float) -> Tensor:
+        shift = math.exp(-c)
+        eu = torch.mul(sim, c).exp_().mul_(used)  # (A, W) e^{c s} on U, unshifted
+        e_pos = torch.exp((pos - 1.0) * c)  # (A,)
+        denom = eu.sum(1).mul_(shift).add_(e_pos)  # (A,) shifted by e^-c
+        epf = ep.to(sim.dtype)  # (A, W)
+        n_pos = epf.sum(1).add_(1.0)  # (A,)
+        mean_pos = (sim * epf).sum(1).add_(pos).div_(n_pos)  # (A,)
+        ctx.c, ctx.shift = c, shift
+        ctx.save_for_backward(eu, epf, denom, e_pos, n_pos)
+        return torch.log(denom) - (mean_pos - 1.0) * c  # (A,)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        eu, epf, denom, e_pos, n_pos = ctx.saved_tensors
+        c = ctx.c
+        r = g / denom  # (A,)
+        g_pos = g * c / n_pos  # (A,) each positive's share of the numerator
+        d_sim = None
+        if ctx.needs_input_grad[0]:
+            d_sim = eu * (r * (c * ctx.shift))[:, None]  # (A, W)
+            d_sim.addcmul_(epf, g_pos[:, None], value=-1.0)  # (A, W)
+        d_pos = r * e_pos * c - g_pos  # (A,)
+        return d_sim, d_pos, None, None, None
+
+
 def _supcon(negs: Negatives, tau: float) -> ObjectiveOut:
     """InfoNCE with several positives (Khosla et al. 2020, L_out): the anchor's positive and
     its ``extra_positives`` share the numerator's average, and the denominator sums the
@@ -156,9 +195,14 @@ def _supcon(negs: Negatives, tau: float) -> ObjectiveOut:
     if negs.tau_plus or negs.tilt or negs.is_weighted(tilt=False):
         raise ObjectiveError("extra positives (SupCon) take no weights, tilt or tau+")
     sim = negs.similarity()  # (A, W)
-    pos_l = (negs.anchors * negs.positives).sum(-1) / tau  # (A,)
+    pos = (negs.anchors * negs.positives).sum(-1)  # (A,)
     ep = negs.extra_positives  # (A, W)
     used = negs.selected() | ep  # (A, W) the denominator's candidates
+    if 2.0 / tau <= 80.0:
+        loss = _MultiPositiveNCE.apply(sim, pos, used, ep, 1.0 / tau)  # (A,)
+        return ObjectiveOut(loss=loss.mean(), sim=sim.detach())
+    # a small tau: shifted by the largest used logit and clamped, as info_nce's explicit path
+    pos_l = pos / tau  # (A,)
     logits = sim / tau  # (A, W)
     m = torch.maximum(pos_l, torch.where(used, logits, float("-inf")).amax(1)).detach()  # (A,)
     e = torch.exp((logits - m[:, None]).clamp(-80.0, 80.0)) * used  # (A, W)

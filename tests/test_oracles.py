@@ -79,6 +79,31 @@ def test_supcon_equals_a_loop_reference(tau):
     assert not (negs.selected() & (y[:, None] == y[None, :])).any()
 
 
+@pytest.mark.parametrize("tau", [0.2, 0.01])  # the fused function, and the clamped path
+def test_supcon_gradient_equals_autograd_of_the_plain_expression(tau):
+    """L_out's gradient with respect to both views, against autograd through log-softmax in
+    float64: -mean over P(i) of log softmax_i over A(i) (every other view)."""
+    q, k, ids, labels = _batch(seed=4)
+    y = torch.cat([labels[ids]] * 2)
+    n = y.shape[0]
+    others = ~torch.eye(n, dtype=torch.bool)
+    pos = others & (y[:, None] == y[None, :])
+
+    def plain(q, k):
+        z = torch.cat([q, k])
+        logp = torch.where(others, z @ z.T / tau, float("-inf")).log_softmax(1)
+        return -(torch.where(pos, logp, 0.0).sum(1) / pos.sum(1)).mean()
+
+    qd, kd = q.double().requires_grad_(), k.double().requires_grad_()
+    plain(qd, kd).backward()
+    qf, kf = q.clone().requires_grad_(), k.clone().requires_grad_()
+    negs = strategies.create("supcon", dim=16, n_train=100).select(qf, kf, _ctx(ids, labels))
+    info_nce(negs, tau).loss.backward()
+    for got, want in ((qf.grad, qd.grad), (kf.grad, kd.grad)):
+        assert torch.allclose(got.double(), want, rtol=1e-4, atol=1e-6 / tau)
+    assert float(qd.grad.abs().max()) > 1e-3  # a gradient there is to compare
+
+
 def test_supcon_without_same_class_items_is_in_batch_infonce():
     q, k, ids, _ = _batch()
     distinct = torch.arange(100)  # every item its own class: P(i) is the other view alone
