@@ -43,7 +43,7 @@ from negbench.strategies import (
     StrategyError,
     register,
 )
-from negbench.strategies.kernels import in_batch_negatives, pick_k
+from negbench.strategies.kernels import in_batch_scored, pick_k
 
 MODES = ("attraction", "elimination")
 
@@ -72,12 +72,11 @@ class FNCConfig:
             raise StrategyError(f"fnc: mode must be one of {', '.join(MODES)}; got {self.mode!r}")
 
 
-def fnc_detect(views: Tensor, pool: Tensor, valid: Tensor, top_k: int, threshold: float,
+def fnc_detect(score: Tensor, valid: Tensor, top_k: int, threshold: float,
                generator: torch.Generator) -> Tensor:
-    """(B, P) bool: each anchor image's false negatives among the ``valid`` (B, P) candidates
-    ``pool`` (P, D), from its ``views`` (B, V, D): score = max over its views of the cosine,
-    in its top_k by score and above ``threshold``."""
-    score = torch.einsum("bvd,pd->bvp", views, pool).amax(1)  # (B, P)
+    """(B, P) bool: each anchor image's false negatives among the ``valid`` (B, P) candidates,
+    from ``score`` (B, P), a candidate's largest cosine to any view of the image: in its top_k
+    by score and above ``threshold``."""
     top = pick_k(score, valid, top_k, "top", generator)  # (B, P) the top_k valid
     return top & (score > threshold)
 
@@ -94,15 +93,17 @@ class FNC(Strategy):
     def mine(self, q: Tensor, k: Tensor, ctx: StepContext) -> Negatives:
         cfg = self.cfg
         b = q.shape[0]
-        negs = in_batch_negatives(q, k, ctx.ids)
+        negs, s, _ = in_batch_scored(q, k, ctx.ids)  # (A, P), the objective reuses it
         with torch.no_grad():
-            views = [q.detach(), k.detach()]  # (B, D) each
+            # a candidate's score: its largest cosine to a view of the anchor image; the two
+            # training views' rows are in the batch's own product already
+            score = torch.maximum(s[:b], s[b:])  # (B, P)
             if cfg.support:
-                sup = ctx.encode(ctx.ids.repeat(cfg.support), False)  # (S B, D)
-                views += list(sup.detach().to(q.dtype).reshape(cfg.support, b, -1))
-            v = torch.stack(views, dim=1)  # (B, V, D)
-            ctx.charge_mining(b * v.shape[1] * negs.pool.shape[0] * q.shape[1])
-            fn = fnc_detect(v, negs.pool.detach(), negs.mask[:b], cfg.top_k, cfg.threshold,
+                sup = ctx.encode(ctx.ids.repeat(cfg.support), False).detach().to(q.dtype)
+                pool = negs.pool.detach()
+                ctx.charge_mining(sup.shape[0] * pool.shape[0] * q.shape[1])
+                score = torch.maximum(score, (sup @ pool.T).view(cfg.support, b, -1).amax(0))
+            fn = fnc_detect(score, negs.mask[:b], cfg.top_k, cfg.threshold,
                             ctx.generator)  # (B, 2B)
             fn = torch.cat([fn, fn])  # (2B, 2B) shared by the image's two anchor views
             negs.mask = negs.mask & ~fn

@@ -17,6 +17,9 @@ Here: over each anchor's in-batch candidates (SimCLR's 2B - 2 views of other ins
 with those probabilities (Gumbel-top-K keys, one vectorised pass; the same draw as sequential
 sampling without replacement). The selection is returned in index form, (A, K) pool rows with
 their similarities gathered from the scoring product, so the objective works on K columns.
+(Scoring the K columns again, with gradients, instead was slower on CPUs: the backward of a
+gather of pool rows is an accumulating scatter, where the gathered (A, P) product's is two
+matrix products.)
 
 NOTE: SimANS's scores are inner products of a dense retriever's un-normalised embeddings, whose
 gaps between candidates span several units; cosine similarities span [-1, 1]. So the distance is
@@ -90,7 +93,7 @@ def simans_draw(s: Tensor, s_pos: Tensor, valid: Tensor, cfg: SimANSConfig, tau:
     # the candidate set: the top_k valid by similarity (int32 keys: CPU top-k is faster on
     # them), invalid entries shifted below every valid one
     key = ordered_bits(torch.add(s, (~valid).to(s.dtype), alpha=-4.0))  # (A, P)
-    cols = key.topk(k_top, dim=1).indices  # (A, k_top)
+    cols = key.topk(k_top, dim=1, sorted=False).indices  # (A, k_top) a set: order unused
     sc = s.gather(1, cols)  # (A, k_top)
     ok = valid.gather(1, cols)  # (A, k_top) fewer valid than top_k: the rest are not candidates
     d = (sc - s_pos[:, None]) / tau - cfg.b  # (A, k_top) gap on logits
@@ -98,7 +101,7 @@ def simans_draw(s: Tensor, s_pos: Tensor, valid: Tensor, cfg: SimANSConfig, tau:
     u = torch.rand(sc.shape, generator=generator, device=s.device, dtype=s.dtype)
     gumbel = u.clamp_(1e-12, 1.0).log_().neg_().log_().neg_()  # -log(-log u)
     keys = logp.add_(gumbel).add_((~ok).to(s.dtype), alpha=-1e4)  # (A, k_top)
-    pick = keys.topk(min(cfg.K, k_top), dim=1).indices  # (A, K)
+    pick = keys.topk(min(cfg.K, k_top), dim=1, sorted=False).indices  # (A, K)
     return cols.gather(1, pick), ok.gather(1, pick)  # (A, K) pool columns, their validity
 
 
@@ -117,6 +120,9 @@ class SimANS(Strategy):
             return negs
         with torch.no_grad():
             cols, ok = simans_draw(s, s_pos, negs.mask, cfg, ctx.temperature, ctx.generator)
+        # the (A, P) product, forward and backward (the K gathered columns' gradient flows
+        # through it), which the objective's count of K columns leaves out
+        ctx.charge_mining(3 * s.numel() * q.shape[1])
         # index form: the objective works on the K drawn columns, not a mask over all of P
         negs.index, negs.mask, negs.sim = cols, ok, negs.sim.gather(1, cols)  # (A, K) each
         return negs
