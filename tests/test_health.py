@@ -80,6 +80,11 @@ def test_uniformity_is_exact_where_the_mean_of_exp_underflows():
       "floor_rankme": 20.0}, "ok"),
     ({"uniform": -2.0, "rankme": 9.0, "hardness": 0.5, "knn_acc": 0.9, "floor_knn_acc": 0.5,
       "floor_rankme": 20.0}, "ok"),
+    # the linear probe under its floor while kNN beats its own (fashion-mnist's hcl)
+    ({"uniform": -3.7, "rankme": 327.0, "hardness": 0.07, "knn_acc": 0.8638,
+      "floor_knn_acc": 0.8305, "linear_acc": 0.8478, "floor_linear_acc": 0.8642}, "degraded"),
+    ({"uniform": -3.7, "rankme": 327.0, "hardness": 0.07, "knn_acc": 0.8638,
+      "floor_knn_acc": 0.8305, "linear_acc": 0.8650, "floor_linear_acc": 0.8642}, "ok"),
     ({"knn_acc": 0.9}, "ok"),  # missing figures take no part
     # an encoder whose untrained projections already sit on one point has lost nothing
     ({"uniform": -0.02, "rankme": 30.0, "hardness": 0.97, "knn_acc": 0.97,
