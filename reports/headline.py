@@ -92,6 +92,17 @@ def _detect_words(ctx: HeadlineContext, what: str) -> str:
             f"Holm over {plural(v['comparisons'], 'comparison', 'comparisons')}).")
 
 
+def _one_seed_words(fam: list) -> list[str]:
+    """With one training seed a paired test on the test items says nothing of how far another
+    training run of the same strategy would land: said where a verdict was reached."""
+    tested = [c for c in fam if c.tested]
+    if not tested or any(c.seeds != 1 for c in tested):
+        return []
+    return ["With one training seed these tests cover the sampling of the test items, not "
+            "the variation between training runs (seeds, threads, machines); run more seeds "
+            "(`seeds = 3` in the spec) before choosing on this difference."]
+
+
 def headline(ctx: HeadlineContext) -> str:
     """The verdict of a section with per-item results: a winner only when its lead over
     in-batch is positive and survives Holm; otherwise that nothing differs beyond noise."""
@@ -139,7 +150,7 @@ def headline(ctx: HeadlineContext) -> str:
         parts += _cost_words(ctx, w.variant)
         if below_words:
             parts.append(below_words.strip())
-        return " ".join(parts + _dnt_words(ctx))
+        return " ".join(parts + _one_seed_words(fam) + _dnt_words(ctx))
     untested = sum(1 for c in fam if not c.tested)
     lead = max((c.diff for c in fam if math.isfinite(c.diff)), default=math.nan)
     head = ("no strategy differs from" if not below else "no strategy leads")
@@ -152,6 +163,8 @@ def headline(ctx: HeadlineContext) -> str:
              + below_words + _detect_words(ctx, "these runs")]
     if untested:
         parts.append(f"{plural(untested, 'comparison', 'comparisons')} could not be tested.")
+    if below:
+        parts += _one_seed_words(fam)
     return " ".join(parts + _dnt_words(ctx))
 
 

@@ -104,6 +104,7 @@ def test_a_significant_lead_names_the_winner_its_margin_its_interval_and_the_tes
     assert "exact McNemar on 360 test items, 1 seed" in h
     assert "Holm-adjusted p < 0.001 over 2 comparisons with in-batch" in h
     assert "hcl" not in h
+    assert "With one training seed these tests cover the sampling of the test items" in h
     # the ranking marks the winner's row and says the comparison was beyond noise
     comp = table(sec, "comparisons")
     assert dict(zip(col(comp, "strategy"), col(comp, "verdict (kNN)"), strict=True)) == \
@@ -293,6 +294,24 @@ def test_d_holm_is_applied_a_raw_significant_lead_that_does_not_survive_is_no_wi
                    strict=False))
     assert (row["p"], row["Holm p"], row["verdict (kNN)"]) == ("0.021", "0.064",
                                                               "within noise")
+
+
+def test_d_the_one_seed_caveat_comes_with_a_verdict_and_only_then():
+    caveat = "With one training seed"
+    three = []
+    for s in range(3):
+        ref = bits(300, seed=s)
+        three += [run("in-batch", s, ref, tags=OK), run("mixing", s, flip(ref, "1", 40),
+                                                        tags=OK)]
+    sec = section(three)
+    assert sec.data["verdict"]["winner"] == "mixing" and caveat not in sec.headline
+    ref = bits(300)
+    below = section([run("in-batch", 0, ref, tags=OK), run("hcl", 0, flip(ref, "0", 40),
+                                                           tags=OK)])
+    assert below.data["verdict"]["below"] == ["hcl"] and caveat in below.headline
+    tie = section([run("in-batch", 0, ref, tags=OK), run("hcl", 0, flip(ref, "0", 1),
+                                                         tags=OK)])
+    assert tie.data["verdict"]["below"] == [] and caveat not in tie.headline
 
 
 def test_d_when_every_strategy_is_below_in_batch_the_headline_calls_the_gap_the_closest():
