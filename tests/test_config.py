@@ -55,7 +55,7 @@ def test_a_suite_declares_its_own_strategy_defaults_below_the_users():
     # a pretrained encoder does not start collapsed: no warm-up declared for it
     assert build_config("bbc-news", "mixing",
                         sets={"suite.encoder": "minilm"}).strategy_cfg.warmup == 0.0
-    assert build_config("bbc-news", "simans").strategy_cfg.warmup == 0.25
+    assert build_config("bbc-news", "simans").strategy_cfg.warmup == 0.5
     assert build_config("bbc-news", "simans",
                         sets={"suite.encoder": "minilm"}).strategy_cfg.warmup == 0.0
     assert build_config("digits", "simans").strategy_cfg.warmup == 0.0
