@@ -4,11 +4,14 @@ cross-entropy floor, and pytorch-metric-learning as the peer.
     .venv/bin/python bench/strategy_speed.py [--strategies NAME ...]
         [--batch-sizes 256 512 1024 4096]
         [--repeats 256=101 512=51 1024=15 4096=5] [--peer-batch-sizes 256 512] [--no-peer]
+        [--fn-filter none|positive-aware|self-guided|oracle]
 
 A benchmark that prints figures, not a test. What it measures, on the CPU (``--threads``, 2 by
 default), with D = 128 and random unit vectors (seeded) for the two views q and k:
 
-1. **Step** = ``strategy.select(q, k, ctx)`` + ``info_nce(negs, 0.2)`` forward and backward, plus
+1. **Step** = ``strategy.select(q, k, ctx)`` (then ``--fn-filter``'s rule and its counts against
+   labels of 10 balanced classes, as the runner applies it; timed as select) +
+   ``info_nce(negs, 0.2)`` forward and backward, plus
    ``strategy.update(q, k, ctx)`` for the strategies that override it (marked ``+update``). The
    phases are timed apart inside the same step (CPU ops are synchronous), so the report says
    which of select / objective / update dominates. ``ctx.encode`` is a fake encoder over a
@@ -97,6 +100,7 @@ from torch.utils._pytree import tree_leaves
 
 from negbench import strategies
 from negbench.harness.config import apply_overrides, parse_sets
+from negbench.harness.filters import FILTERS, apply_filter
 from negbench.harness.objectives import info_nce
 from negbench.strategies import StepContext, Strategy
 from negbench.strategies.semi_hard import SemiHardConfig
@@ -222,14 +226,18 @@ def median_ms(xs: list[float]) -> float:
 
 
 # --------------------------------------------------------------------------- worker: strategy
-def strategy_step(strat, b, step, gen, table, n_train, upd):
+def strategy_step(strat, b, step, gen, table, n_train, upd, flt=None):
     """One timed step; returns (select, objective, update, encode) seconds and the Negatives:
-    ``encode`` is the part of select spent in the fake encoder (``ctx.encode``)."""
+    ``encode`` is the part of select spent in the fake encoder (``ctx.encode``). ``flt``:
+    (filter name, label of each id) applied after the selection, as the runner does (its
+    time, and its counts against the labels, are part of select)."""
     q, k, ids = views(b, n_train, gen)
     ctx = make_ctx(step, ids, gen, table, n_train)
     table.seconds = 0.0
     t0 = time.perf_counter()
     negs = strat.select(q, k, ctx)
+    if flt is not None:
+        negs, _ = apply_filter(negs, *flt)
     t1 = time.perf_counter()
     te = table.seconds
     info_nce(negs, TAU).loss.backward()
@@ -275,16 +283,19 @@ def run_strategy_case(spec: dict) -> dict:
     cls = strategies.get(name)
     cfg = apply_overrides(cls.Config(), spec.get("sets", {}), "strategy")  # --set KEY=VALUE
     strat = strategies.create(name, cfg, dim=D, n_train=n_train)
+    flt = None
+    if spec.get("fn_filter", "none") != "none":  # labels of 10 balanced classes, and id -1's
+        flt = (spec["fn_filter"], torch.randint(10, (n_train + 1,), generator=gen))
     upd = has_update(strat)
     warm = spec["warmup"] + (fill_steps(strat, b) if upd else 0)
     rss0 = peak_rss_mb()
     step = 0
     for _ in range(warm):  # each step's Negatives freed before the next, as in the runner
-        strategy_step(strat, b, step, gen, table, n_train, upd)
+        strategy_step(strat, b, step, gen, table, n_train, upd, flt)
         step += 1
     rss_growth = peak_rss_mb() - rss0
     # the shape the floor copies, from one more (untimed) steady-state step
-    _, negs = strategy_step(strat, b, step, gen, table, n_train, upd)
+    _, negs = strategy_step(strat, b, step, gen, table, n_train, upd, flt)
     step += 1
     a, w, p = negs.num_anchors, negs.width, negs.pool_size
     per_anchor = negs.index is not None  # per-anchor candidates: the per-anchor floor
@@ -299,7 +310,7 @@ def run_strategy_case(spec: dict) -> dict:
         for r in range(repeats):
             if r % 2:
                 flo.append(floor_step(a, w, gen, per_anchor))
-            (ts, to, tu, te), negs = strategy_step(strat, b, step, gen, table, n_train, upd)
+            (ts, to, tu, te), negs = strategy_step(strat, b, step, gen, table, n_train, upd, flt)
             del negs
             step += 1
             if not r % 2:
@@ -312,7 +323,7 @@ def run_strategy_case(spec: dict) -> dict:
     # one more step under the dispatch mode, for the largest tensor (its overhead is not timed)
     largest = LargestTensor()
     with largest:
-        _, negs = strategy_step(strat, b, step, gen, table, n_train, upd)
+        _, negs = strategy_step(strat, b, step, gen, table, n_train, upd, flt)
     strat.check()
     return {
         "name": name, "b": b, "a": a, "w": w, "p": p, "update": upd, "repeats": repeats,
@@ -555,6 +566,9 @@ def main() -> None:
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="a knob of the strategies timed, e.g. support=2 for fnc (repeatable); "
                          "the rows are named with it")
+    ap.add_argument("--fn-filter", default="none", choices=FILTERS,
+                    help="a false-negative filter after each strategy's selection (its time "
+                         "counts as select); rows named STRATEGY x FILTER")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per case")
@@ -568,6 +582,8 @@ def main() -> None:
     args = ap.parse_args()
     sets = parse_sets(args.sets)  # KEY=VALUE: a bad one is a one-line error in the case
     shown_sets = f" ({', '.join(f'{k}={v}' for k, v in sets.items())})" if sets else ""
+    if args.fn_filter != "none":
+        shown_sets = f" x {args.fn_filter}" + shown_sets
     if args.worker is not None:
         worker(json.loads(args.worker))
         return
@@ -598,7 +614,8 @@ def main() -> None:
             for name in names:
                 spec = {"kind": "strategy", "name": name, "b": b, "n_train": args.n_train,
                         "repeats": repeats_for(reps, b), "warmup": args.warmup,
-                        "seed": args.seed, "threads": args.threads, "sets": sets}
+                        "seed": args.seed, "threads": args.threads, "sets": sets,
+                        "fn_filter": args.fn_filter}
                 waited = wait_for_quiet(args.quiet, args.max_wait)
                 t = time.perf_counter()
                 r = in_child(spec, args.timeout) | {"name": name + shown_sets, "b": b}

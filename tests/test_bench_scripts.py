@@ -38,6 +38,17 @@ def test_health_table_resumes_from_the_runs_it_recorded(tmp_path):
                            if ln.startswith("| digits | in-batch |")]
 
 
+def test_strategy_speed_times_a_strategy_with_a_filter():
+    script = Path(__file__).resolve().parent.parent / "bench" / "strategy_speed.py"
+    out = subprocess.run([sys.executable, str(script), "--strategies", "semi-hard",
+                          "--fn-filter", "self-guided", "--batch-sizes", "32", "--repeats", "3",
+                          "--rounds", "1", "--no-peer", "--quiet", "1", "--n-train", "500"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [ln for ln in out.stdout.splitlines() if ln.startswith("| semi-hard x self-guided")]
+    assert len(rows) == 1 and "error" not in rows[0].lower(), out.stdout[-2000:]
+
+
 GPU_CHECK = Path(__file__).resolve().parents[1] / "bench" / "gpu_check.sh"
 
 
