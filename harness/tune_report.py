@@ -107,7 +107,7 @@ def export_best(storage_url: str, prefix: str, path: str | Path) -> list[Summary
              f"{redact(storage_url)}, written by `negbench tune --export`",
              f"# exported by: {command_line()} (negbench commit {git_commit()})",
              "# values: the searched dotted run keys of the best completed trial (validation kNN "
-             "accuracy);",
+             "accuracy), and the keys the study held with --set (marked held);",
              "# an ablation spec applies them with: tuned = \"<this file>\""]
     for s in written:
         n = s.tally
@@ -123,10 +123,27 @@ def export_best(storage_url: str, prefix: str, path: str | Path) -> list[Summary
                   f"[{_toml_key(s.suite)}.{_toml_key(s.strategy)}]"]
         for k, v in sorted(s.best_params.items()):
             lines.append(f"{_toml_key(k)} = {_toml_value(v)}")
+        for k, v in sorted(s.settings.get("sets", {}).items()):
+            if k not in s.best_params:  # a held value is part of the configuration tuned
+                lines.append(f"{_toml_key(k)} = {_toml_value(_typed(v))}  # held, not searched")
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text("\n".join(lines) + "\n")
     return written
+
+
+def _typed(text: Any) -> Any:
+    """A --set value (text) as the TOML scalar it reads as: int, float, bool or string."""
+    if not isinstance(text, str):
+        return text
+    if text in ("true", "false"):
+        return text == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def _toml_key(k: str) -> str:

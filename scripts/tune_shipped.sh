@@ -25,6 +25,12 @@ STORAGE_ARGS=()
 [[ -z "${NEGBENCH_STORAGE:-}" ]] && STORAGE_ARGS=(--storage "sqlite:///$PWD/negbench-runs/optuna-shipped.db")
 TRIALS=${TRIALS:-20}
 OUT=${OUT:-specs/tuned}
+# Knobs that set how many extra encodes a step makes are held, not searched: the objective
+# sees accuracy only and the sample budget does not count those encodes, so a search would
+# buy accuracy with unbudgeted compute (it would pick the largest). dynamic's K (mined
+# negatives each trained through) is held at the main job's 4, random's K (drawn negatives,
+# each encoded) at its default 256.
+declare -A HELD=([dynamic]="strategy.K=4" [random]="strategy.K=256")
 suites=("$@")
 [[ ${#suites[@]} -eq 0 ]] && suites=(digits bbc-news fashion-mnist)
 mkdir -p "$OUT"
@@ -38,7 +44,21 @@ for suite in "${suites[@]}"; do
     extra=(--budget samples=100000 --pruner hyperband)
   fi
   prefix="shipped-$suite"
-  "$NB" tune --suite "$suite" --strategy "${STRATEGIES:-all}" --trials "$TRIALS" --seed 0 --study "$prefix" \
-    --experiment "tune-shipped" --workers "${WORKERS:-1}" "${STORAGE_ARGS[@]}" "${extra[@]}"
+  # one tune command for the strategies searched in full, then one per strategy with a knob held
+  names=$(.venv/bin/python -c "from negbench import strategies as s; import sys; \
+print(','.join(n for n in (sys.argv[1].split(',') if sys.argv[1] != 'all' else s.names()) \
+if n not in sys.argv[2].split()))" "${STRATEGIES:-all}" "${!HELD[*]}")
+  runs=()
+  [[ -n "$names" ]] && runs+=("$names|")
+  for st in "${!HELD[@]}"; do
+    [[ "${STRATEGIES:-all}" == all || ",${STRATEGIES}," == *",$st,"* ]] && runs+=("$st|${HELD[$st]}")
+  done
+  for r in "${runs[@]}"; do
+    held=()
+    [[ -n "${r#*|}" ]] && held=(--set "${r#*|}")
+    "$NB" tune --suite "$suite" --strategy "${r%%|*}" --trials "$TRIALS" --seed 0 --study "$prefix" \
+      --experiment "tune-shipped" --workers "${WORKERS:-1}" "${STORAGE_ARGS[@]}" "${extra[@]}" \
+      "${held[@]}"
+  done
   "$NB" tune --export "$OUT/$suite.toml" --study "$prefix" "${STORAGE_ARGS[@]}"
 done
