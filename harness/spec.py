@@ -14,6 +14,8 @@ Format (every key but ``suites`` and ``strategies`` optional)::
                                      # spec), or a list of them (each (suite, strategy) in one
                                      # file): its values for a (suite, strategy) apply to those
                                      # cells
+    also_default = true              # with tuned: run every tuned cell at the registry's
+                                     # defaults too, so the report sets tuned against default
 
     [objective]                      # the objective of every cell (objective.* keys)
     temperature = 0.2
@@ -48,7 +50,9 @@ the spec's ``[objective]`` and ``[overrides]``; a key that the spec's own ``[str
 meant to be the cell's: remove one). Tables for suites or strategies the spec does not run are
 ignored. Such a cell carries the tag ``negbench.tuned`` = FILE's name (:attr:`Cell.tags`); its
 key is still the hash of its resolved config, so a tuned cell is a different cell from the
-untuned one.
+untuned one. With ``also_default = true`` the grid holds both: each (suite, strategy) that
+has tuned values is run tuned and at its defaults (the report's "tuned against default" table
+compares them, seed by seed); pairs without tuned values run once.
 
 Sweeps (``[sweep]``): the grid is suites x strategies x every combination of the sweep's values
 x seeds. A swept value applies on top of everything else (a key the spec sets elsewhere too is
@@ -75,7 +79,7 @@ from negbench.harness.tags import SWEEP_TAG, TUNED_TAG
 from negbench.strategies.registry import PluginError, load_plugin
 
 TOP_KEYS = ("name", "suites", "strategies", "seeds", "budget", "tuned", "objective",
-            "overrides", "strategy", "suite", "sweep", "fn_filters", "plugins")
+            "overrides", "strategy", "suite", "sweep", "fn_filters", "plugins", "also_default")
 OBJECTIVE_KEYS = ("name", "temperature", "margin", "hardness_alpha")
 
 
@@ -101,9 +105,11 @@ class Cell:
 
     @property
     def variant(self) -> str:
-        """The strategy, with the cell's false-negative filter: ``semi-hard x self-guided``."""
+        """The strategy, with the cell's false-negative filter and whether it is tuned:
+        ``semi-hard x self-guided (tuned)``."""
         c = self.config
-        return c.strategy + (f" x {c.fn_filter}" if c.fn_filter != "none" else "")
+        return (c.strategy + (f" x {c.fn_filter}" if c.fn_filter != "none" else "")
+                + (" (tuned)" if TUNED_TAG in self.tags else ""))
 
     @property
     def label(self) -> str:
@@ -129,6 +135,7 @@ class Spec:
     sweep: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # dotted key -> values
     tuned_files: dict[str, dict[str, str]] = field(default_factory=dict)  # suite/strategy: file
     fn_filters: tuple[str, ...] = ("none",)  # strategy.fn_filter values, one more axis
+    also_default: bool = False  # tuned pairs run at their defaults too
 
     def points(self) -> list[dict[str, Any]]:
         """Every combination of the sweep's values ([{}] without a sweep)."""
@@ -137,19 +144,22 @@ class Spec:
                 for vals in itertools.product(*(self.sweep[k] for k in keys))]
 
     def cells(self) -> list[Cell]:
-        """The grid, suites x strategies x sweep points x seeds, in that order (so a suite's
-        cells run together)."""
+        """The grid, suites x strategies (tuned, and at defaults too with ``also_default``) x
+        filters x sweep points x seeds, in that order (so a suite's cells run together)."""
         out = []
         for su in self.suites:
             for st in self.strategies:
-                for flt in self.fn_filters:
-                    for point in self.points():
-                        for seed in self.seeds:
-                            out.append(self._cell(su, st, seed, point, flt))
+                both = self.also_default and st in self.tuned.get(su, {})
+                for use_tuned in ((False, True) if both else (True,)):
+                    for flt in self.fn_filters:
+                        for point in self.points():
+                            for seed in self.seeds:
+                                out.append(self._cell(su, st, seed, point, flt, use_tuned))
         return out
 
     def _cell(self, suite: str, strategy: str, seed: int,
-              point: dict[str, Any] | None = None, fn_filter: str = "none") -> Cell:
+              point: dict[str, Any] | None = None, fn_filter: str = "none",
+              use_tuned: bool = True) -> Cell:
         sets: dict[str, str] = {}
         sets.update({f"objective.{k}": _text(v) for k, v in self.objective.items()})
         sets.update({k: _text(v) for k, v in self.overrides.items()})
@@ -158,7 +168,7 @@ class Spec:
         sets.update({k: _text(v) for k, v in su.items()})
         for k, v in self.per_strategy.get(strategy, {}).items():  # dotted keys: run settings
             sets[_strategy_key(k)] = _text(v)
-        tuned = self.tuned.get(suite, {}).get(strategy)
+        tuned = self.tuned.get(suite, {}).get(strategy) if use_tuned else None
         where = f"{self.path}: cell {suite}/{strategy}/seed {seed}"
         tags = {}
         if tuned is not None:
@@ -336,8 +346,15 @@ def load_spec(path: str | Path) -> Spec:
     sweep = _sweep(raw.get("sweep", {}), objective, overrides, per_strategy, per_suite, tuned,
                    where)
     fn_filters = _fn_filters(raw.get("fn_filters", ["none"]), where)
+    also_default = raw.get("also_default", False)
+    if not isinstance(also_default, bool):
+        raise SpecError(f"{where}: also_default must be true or false; got {also_default!r}")
+    if also_default and "tuned" not in raw:
+        raise SpecError(f"{where}: also_default = true needs tuned = \"FILE\" (it runs each "
+                        "tuned cell at its defaults too)")
     spec = Spec(where, name.strip(), su, st, seed_list, budget, objective, overrides,
-                per_strategy, per_suite, tuned_path, tuned, sweep, tuned_files, fn_filters)
+                per_strategy, per_suite, tuned_path, tuned, sweep, tuned_files, fn_filters,
+                also_default)
     spec.cells()  # resolve every cell now: a bad knob fails before anything runs
     return spec
 

@@ -191,17 +191,20 @@ class Runs:
 def variant_labels(frame: pd.DataFrame) -> pd.Series:
     """A row label per run: the strategy for a default config; ``strategy x FILTER`` for a run
     with a false-negative filter (tag ``negbench.fn_filter``); ``... (tuned)`` for a run tagged
-    ``negbench.tuned`` (``... (tuned: EXPORT)`` where one strategy has several)."""
+    ``negbench.tuned`` where the experiment also ran that strategy at its defaults (``...
+    (tuned: EXPORT)`` where one strategy has several exports). A strategy whose every run is
+    tuned with one export keeps its plain name: the section then compares tuned strategies
+    (in-batch's tuned runs are the reference), and the "tuned against default" table names the
+    export."""
     exports: dict[str, set] = {}
     for s, t in zip(frame["strategy"], frame["tuned"], strict=True):
-        if t:
-            exports.setdefault(s, set()).add(t)
+        exports.setdefault(s, set()).add(t or "")
 
     def label(s: str, t: str, f: str) -> str:
         base = f"{s} x {f}" if f else s
-        if not t:
+        if not t or exports[s] == {t}:
             return base
-        return f"{base} (tuned)" if len(exports[s]) == 1 else f"{base} (tuned: {t})"
+        return f"{base} (tuned)" if len(exports[s] - {""}) == 1 else f"{base} (tuned: {t})"
 
     filters = frame["fn_filter"] if "fn_filter" in frame else [""] * len(frame)
     return pd.Series([label(s, t, f or "") for s, t, f in zip(frame["strategy"], frame["tuned"],

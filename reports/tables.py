@@ -234,7 +234,7 @@ def tuned_table(sr: SectionRuns) -> tuple[Table | None, list[dict]]:
         if not tag:
             continue
         base = str(g["strategy"].iloc[0])
-        d = sr.groups.get(base)
+        d = sr.groups.get(base) if v != base else None  # every run of `base` tuned: none
         m = ACCURACY[0]
         t_iv = sr.intervals[v][m.key]
         if d is None:
