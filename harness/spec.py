@@ -428,6 +428,12 @@ TUNED_FORMAT = ('tables [SUITE.STRATEGY] of dotted run keys with single values, 
                 '[digits.memory-bank] "optim.lr" = 0.0012, as `negbench tune --export` writes')
 
 
+def tunable_key(k: str) -> bool:
+    """A key a tuned file may set: a dotted run key, not the budget, the seed or eval.*."""
+    return "." in k and k.split(".")[0] not in ("budget", "eval", "seed", "suite_cfg",
+                                                "strategy_cfg")
+
+
 def _load_tuned(value: Any, spec_path: Path, where: str) -> tuple[str, dict]:
     """Read and check the file a spec's ``tuned`` names: (its path as shown, suite -> strategy
     -> dotted key -> value)."""
@@ -469,9 +475,7 @@ def _load_tuned(value: Any, spec_path: Path, where: str) -> tuple[str, dict]:
                 if isinstance(v, dict | list):
                     raise SpecError(f"{where}: tuned: {shown}: [{su}.{st}] {k!r} must be a "
                                     "single value (a number, string or boolean)")
-                head = k.split(".")[0]
-                if "." not in k or head in ("budget", "eval", "seed", "suite_cfg",
-                                            "strategy_cfg"):
+                if not tunable_key(k):
                     raise SpecError(f"{where}: tuned: {shown}: [{su}.{st}] {k!r}: allowed keys "
                                     "are dotted run keys such as optim.lr, "
                                     "objective.temperature, strategy.KNOB, suite.KNOB (not "

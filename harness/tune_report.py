@@ -101,13 +101,14 @@ def export_best(storage_url: str, prefix: str, path: str | Path) -> list[Summary
     if not written:
         raise ConfigError(f"none of the {len(names)} studies under {prefix!r} in "
                           f"{redact(storage_url)} has a completed trial yet")
+    from negbench.harness.spec import tunable_key
     from negbench.harness.tracking import command_line, git_commit
 
     lines = [f"# the best configuration of each study {prefix}:SUITE:STRATEGY in "
              f"{redact(storage_url)}, written by `negbench tune --export`",
              f"# exported by: {command_line()} (negbench commit {git_commit()})",
              "# values: the searched dotted run keys of the best completed trial (validation kNN "
-             "accuracy), and the keys the study held with --set (marked held);",
+             "accuracy), and the run keys the study held with --set (marked held);",
              "# an ablation spec applies them with: tuned = \"<this file>\""]
     for s in written:
         n = s.tally
@@ -124,7 +125,8 @@ def export_best(storage_url: str, prefix: str, path: str | Path) -> list[Summary
         for k, v in sorted(s.best_params.items()):
             lines.append(f"{_toml_key(k)} = {_toml_value(v)}")
         for k, v in sorted(s.settings.get("sets", {}).items()):
-            if k not in s.best_params:  # a held value is part of the configuration tuned
+            # a held knob is part of the configuration tuned (batch size, eval.* are not)
+            if k not in s.best_params and tunable_key(k):
                 lines.append(f"{_toml_key(k)} = {_toml_value(_typed(v))}  # held, not searched")
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)

@@ -365,6 +365,52 @@ def test_a_tuned_value_equal_to_the_spec_is_no_conflict(tmp_path):
     assert cell.config.strategy_cfg.beta == 0.5 and cell.config.optim.lr == 1e-3
 
 
+def test_a_held_value_is_exported_with_the_tuned_ones(tmp_path):
+    """A knob a study held with --set is part of the configuration it tuned: the export writes
+    it (marked held) beside the searched keys, so a spec that reads the file runs it."""
+    assert T.main(tune_args(tmp_path, "hcl", 1, "--pruner", "none",
+                            "--set", "strategy.beta=0.5")) == 0
+    out = tmp_path / "t.toml"
+    assert T.main(["--export", str(out), "--storage", urls(tmp_path)[0]]) == 0
+    assert '"strategy.beta" = 0.5  # held, not searched' in out.read_text()
+    table = tomllib.loads(out.read_text())["digits"]["hcl"]
+    assert table["strategy.beta"] == 0.5
+    assert "strategy.beta" not in study(tmp_path, "hcl").best_params
+    spec = tmp_path / "s.toml"
+    spec.write_text('suites = ["digits"]\nstrategies = ["hcl"]\ntuned = "t.toml"\n')
+    (cell,) = load_spec(spec).cells()
+    assert cell.config.strategy_cfg.beta == 0.5
+
+
+def test_also_default_runs_each_tuned_pair_both_ways(tmp_path):
+    import pandas as pd
+
+    from negbench.reports.data import variant_labels
+
+    (tmp_path / "t.toml").write_text('[digits.hcl]\n"strategy.beta" = 0.7\n')
+    spec = tmp_path / "s.toml"
+    spec.write_text('suites = ["digits"]\nstrategies = ["hcl", "in-batch"]\nseeds = 2\n'
+                    'tuned = "t.toml"\nalso_default = true\n')
+    cells = load_spec(spec).cells()
+    tag = {"negbench.tuned": "t.toml"}
+    assert [(c.config.strategy, c.config.seed, c.config.strategy_cfg.beta
+             if c.config.strategy == "hcl" else None, c.tags) for c in cells] == [
+        ("hcl", 0, 1.0, {}), ("hcl", 1, 1.0, {}), ("hcl", 0, 0.7, tag), ("hcl", 1, 0.7, tag),
+        ("in-batch", 0, None, {}), ("in-batch", 1, None, {})]  # no tuned values: once
+    assert len({c.key for c in cells}) == 6
+    assert cells[2].label == "digits/hcl (tuned)/seed 0" and cells[0].label == "digits/hcl/seed 0"
+    for bad, needle in (("also_default = 1\n", "must be true or false"),
+                        ("also_default = true\n", "needs tuned")):
+        spec.write_text('suites = ["digits"]\nstrategies = ["hcl"]\n' + bad)
+        with pytest.raises(SpecError, match=needle):
+            load_spec(spec)
+    # report labels: "(tuned)" only beside the strategy's default runs
+    frame = pd.DataFrame({"strategy": ["hcl", "hcl", "in-batch", "random", "random"],
+                          "tuned": ["", "t.toml", "t.toml", "t.toml", "u.toml"]})
+    assert list(variant_labels(frame)) == ["hcl", "hcl (tuned)", "in-batch",
+                                           "random (tuned: t.toml)", "random (tuned: u.toml)"]
+
+
 # --------------------------------------------------------------------------- CLI errors
 @pytest.mark.parametrize("argv,needle", [
     (["--suite", "digits", "--strategy", "hcl"], "--trials required"),
