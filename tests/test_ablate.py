@@ -310,4 +310,4 @@ def test_fn_filters_are_an_axis_and_a_row_label_each(tmp_path):
     frame = pd.DataFrame({"strategy": ["semi-hard", "semi-hard", "hcl"],
                           "tuned": ["", "", "t.toml"], "fn_filter": ["", "self-guided", "oracle"]})
     assert list(variant_labels(frame)) == ["semi-hard", "semi-hard x self-guided",
-                                           "hcl x oracle (tuned)"]
+                                           "hcl x oracle"]  # every hcl run tuned: plain
