@@ -68,6 +68,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,7 +76,7 @@ from typing import Any
 
 from negbench import NegbenchError, strategies, suites
 from negbench.harness.config import ConfigError, RunConfig, build_config, parse_budget
-from negbench.harness.tags import SWEEP_TAG, TUNED_TAG
+from negbench.harness.tags import SWEEP_TAG, TUNED_TAG, TUNED_VAL_TAG
 from negbench.strategies.registry import PluginError, load_plugin
 
 TOP_KEYS = ("name", "suites", "strategies", "seeds", "budget", "tuned", "objective",
@@ -136,6 +137,8 @@ class Spec:
     tuned_files: dict[str, dict[str, str]] = field(default_factory=dict)  # suite/strategy: file
     fn_filters: tuple[str, ...] = ("none",)  # strategy.fn_filter values, one more axis
     also_default: bool = False  # tuned pairs run at their defaults too
+    # suite/strategy: the tuning's validation figures, as the export's comments give them
+    tuned_val: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def points(self) -> list[dict[str, Any]]:
         """Every combination of the sweep's values ([{}] without a sweep)."""
@@ -175,6 +178,8 @@ class Spec:
             sets.update({k: _text(v) for k, v in tuned.items()})
             path = self.tuned_files.get(suite, {}).get(strategy, self.tuned_path)
             tags[TUNED_TAG] = Path(path).name
+            if strategy in self.tuned_val.get(suite, {}):
+                tags[TUNED_VAL_TAG] = self.tuned_val[suite][strategy]
             where += f" (with the tuned values of {path} [{suite}.{strategy}])"
         if fn_filter != "none":
             sets["strategy.fn_filter"] = fn_filter
@@ -326,12 +331,14 @@ def load_spec(path: str | Path) -> Spec:
     for sname, table in per_suite.items():
         if "budget" in table:
             _check_budget(table["budget"], f"suite.{sname}.budget", where)
-    tuned_path, tuned, tuned_files = None, {}, {}
+    tuned_path, tuned, tuned_files, tuned_val = None, {}, {}, {}
     if "tuned" in raw:
         files = raw["tuned"] if isinstance(raw["tuned"], list) and raw["tuned"] else [raw["tuned"]]
         shown_all = []
         for value in files:
-            shown, one = _load_tuned(value, p, where)
+            shown, one, val = _load_tuned(value, p, where)
+            for suite_name, per in val.items():
+                tuned_val.setdefault(suite_name, {}).update(per)
             _check_tuned_conflicts(one, shown, per_strategy, per_suite, su, st, where)
             shown_all.append(shown)
             for suite_name, per in one.items():
@@ -354,7 +361,7 @@ def load_spec(path: str | Path) -> Spec:
                         "tuned cell at its defaults too)")
     spec = Spec(where, name.strip(), su, st, seed_list, budget, objective, overrides,
                 per_strategy, per_suite, tuned_path, tuned, sweep, tuned_files, fn_filters,
-                also_default)
+                also_default, tuned_val)
     spec.cells()  # resolve every cell now: a bad knob fails before anything runs
     return spec
 
@@ -434,9 +441,17 @@ def tunable_key(k: str) -> bool:
                                                 "strategy_cfg")
 
 
-def _load_tuned(value: Any, spec_path: Path, where: str) -> tuple[str, dict]:
+# the line `negbench tune --export` writes above each table (harness.tune_report.export_best)
+_STUDY_LINE = re.compile(r"^# study [^:\n]+:(?P<suite>[^:\n]+):(?P<strategy>[^:\n]+): best val kNN "
+                         r"(?P<best>[\d.]+) \(trial \d+\), default (?P<default>[\d.]+); "
+                         r"(?P<trials>\d+) trials", re.M)
+
+
+def _load_tuned(value: Any, spec_path: Path, where: str) -> tuple[str, dict, dict]:
     """Read and check the file a spec's ``tuned`` names: (its path as shown, suite -> strategy
-    -> dotted key -> value)."""
+    -> dotted key -> value, suite -> strategy -> "DEFAULT BEST TRIALS", the tuning's validation
+    kNN accuracy of the default and the best trial and its trial count where the export's
+    comments give them)."""
     if not isinstance(value, str) or not value.strip():
         raise SpecError(f"{where}: tuned must be a file name (a `negbench tune --export` file, "
                         "relative to this spec), e.g. tuned = \"tuned.toml\", or a list of "
@@ -446,7 +461,8 @@ def _load_tuned(value: Any, spec_path: Path, where: str) -> tuple[str, dict]:
         path = spec_path.parent / path
     shown = str(path)
     try:
-        raw = tomllib.loads(path.read_text())
+        text = path.read_text()
+        raw = tomllib.loads(text)
     except FileNotFoundError:
         raise SpecError(f"{where}: tuned: {shown}: no such file (write it with `negbench tune "
                         "--export FILE`; a relative path is relative to the spec)") from None
@@ -481,7 +497,12 @@ def _load_tuned(value: Any, spec_path: Path, where: str) -> tuple[str, dict]:
                                     "objective.temperature, strategy.KNOB, suite.KNOB (not "
                                     "the budget, the seed or eval.*)")
             out.setdefault(su, {})[st] = dict(table)
-    return shown, out
+    val: dict[str, dict[str, str]] = {}
+    for m in _STUDY_LINE.finditer(text):
+        if m["strategy"] in out.get(m["suite"], {}):
+            val.setdefault(m["suite"], {})[m["strategy"]] = \
+                f"{m['default']} {m['best']} {m['trials']}"
+    return shown, out, val
 
 
 def _check_tuned_conflicts(tuned: dict, tuned_path: str, per_strategy: dict, per_suite: dict,

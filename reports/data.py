@@ -26,7 +26,7 @@ from urllib.request import url2pathname
 import pandas as pd
 
 from negbench.harness.config import ConfigError
-from negbench.harness.tags import DATA_TAG, FILTER_TAG, SWEEP_TAG, TUNED_TAG
+from negbench.harness.tags import DATA_TAG, FILTER_TAG, SWEEP_TAG, TUNED_TAG, TUNED_VAL_TAG
 
 IDENTITY = ("suite", "strategy", "seed", "budget")
 # the metric histories the curves draw; ``budget_fraction`` is their x axis
@@ -39,7 +39,7 @@ ITEMS_FILE = "items.json"
 ITEM_COLUMNS = {"knn_acc": "knn_correct", "linear_acc": "linear_correct"}
 PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 RUN_COLUMNS = ("run_id", "run_name", "status", "start_time", "end_time", "suite", "strategy",
-               "seed", "budget", "tuned", "fn_filter", "variant", "failure", "tags",
+               "seed", "budget", "tuned", "tuned_val", "fn_filter", "variant", "failure", "tags",
                *ITEM_COLUMNS.values(), "items_split")
 
 
@@ -249,6 +249,7 @@ def load(uri: str | None, experiment: str) -> Runs:
             "seed": seed,
             "budget": tags["budget"],
             "tuned": tags.get(TUNED_TAG, ""),
+            "tuned_val": tags.get(TUNED_VAL_TAG, ""),
             "fn_filter": tags.get(FILTER_TAG, ""),
             "failure": tags.get("failure", ""),
             "tags": dict(tags),

@@ -73,7 +73,7 @@ def store(tmp_path_factory):
                        sets={"batch_size": "128", "log_every": "2", "eval.linear_epochs": "20",
                              "optim.lr": "0.004"})
     run(cfg, tracking_uri=uri, experiment="one-seed",
-        extra_tags={"negbench.tuned": TUNED_EXPORT})
+        extra_tags={"negbench.tuned": TUNED_EXPORT, "negbench.tuned_val": "0.95 0.9611 20"})
     return SimpleNamespace(uri=uri, dir=d)
 
 
@@ -757,11 +757,13 @@ def test_one_seed_gives_the_exact_interval_and_the_mcnemar_test(store, tmp_path,
     headers, rows = tables[(SEC, "Tuned against default")]
     seen.add((SEC, "Tuned against default"))
     assert headers == ["strategy", "default kNN accuracy (%)", "tuned kNN accuracy (%)",
-                       "Δ (points)", "pairs", "p", "tuning export"]
+                       "Δ (points)", "pairs", "p", "tuning: validation kNN (%)",
+                       "tuning export"]
     assert len(rows) == 1
-    s, default, tuned, delta, pairs, p, export = rows[0]
+    s, default, tuned, delta, pairs, p, val, export = rows[0]
     d, t = per["in-batch"][0]["knn_acc"], per["in-batch (tuned)"][0]["knn_acc"]
     assert (s, pairs, p, export) == ("in-batch", "1", "too few pairs", TUNED_EXPORT)
+    assert val == "95.00 → 96.11 (20 trials)"  # the tag the spec copies from the export
     for cell, x in ((default, d), (tuned, t)):
         assert cell.endswith(" (1 seed: no interval)") and len(numbers(cell)) == 2
         check(cell, 100 * x, 1)

@@ -296,7 +296,10 @@ def test_export_then_ablate_uses_exactly_the_exported_values(small, tmp_path):
                     '"eval.linear_epochs" = 10\n"optim.lr" = 0.005\n')
     cells = load_spec(spec).cells()
     hcl, plain = cells
-    assert hcl.tags == {"negbench.tuned": "tuned.toml"} and plain.tags == {}
+    default = next(t.value for t in st.trials if t.user_attrs.get(T.ATTR_DEFAULT))
+    assert hcl.tags == {"negbench.tuned": "tuned.toml",  # the study's figures ride along
+                        "negbench.tuned_val": f"{default:.4f} {st.best_value:.4f} 5"}
+    assert plain.tags == {}
     flat = hcl.config.flat()
     assert all(flat[k] == v for k, v in st.best_params.items())  # on top of [overrides]
     assert plain.config.optim.lr == 0.005
@@ -480,4 +483,4 @@ def test_the_shipped_tuning_script_writes_a_file_a_spec_reads(tmp_path):
     spec.write_text('suites = ["digits"]\nstrategies = ["hcl"]\n'
                     f'tuned = ["{out / "digits.toml"}"]\n')
     (cell,) = load_spec(spec).cells()
-    assert cell.tags == {"negbench.tuned": "digits.toml"}
+    assert cell.tags["negbench.tuned"] == "digits.toml" and "negbench.tuned_val" in cell.tags
