@@ -195,20 +195,24 @@ def variant_labels(frame: pd.DataFrame) -> pd.Series:
     (tuned: EXPORT)`` where one strategy has several exports). A strategy whose every run is
     tuned with one export keeps its plain name: the section then compares tuned strategies
     (in-batch's tuned runs are the reference), and the "tuned against default" table names the
-    export."""
-    exports: dict[str, set] = {}
-    for s, t in zip(frame["strategy"], frame["tuned"], strict=True):
-        exports.setdefault(s, set()).add(t or "")
+    export. Exports are counted within a section (suite and budget): the main job reads one file
+    per suite, and its random runs on digits and on bbc-news are each tuned with one export."""
+    blank = [""] * len(frame)
+    sections = list(zip(frame["suite"] if "suite" in frame else blank,
+                        frame["budget"] if "budget" in frame else blank, strict=True))
+    exports: dict[tuple, set] = {}
+    for sec, s, t in zip(sections, frame["strategy"], frame["tuned"], strict=True):
+        exports.setdefault((*sec, s), set()).add(t or "")
 
-    def label(s: str, t: str, f: str) -> str:
-        base = f"{s} x {f}" if f else s
-        if not t or exports[s] == {t}:
+    def label(sec: tuple, s: str, t: str, f: str) -> str:
+        base, ex = (f"{s} x {f}" if f else s), exports[(*sec, s)]
+        if not t or ex == {t}:
             return base
-        return f"{base} (tuned)" if len(exports[s] - {""}) == 1 else f"{base} (tuned: {t})"
+        return f"{base} (tuned)" if len(ex - {""}) == 1 else f"{base} (tuned: {t})"
 
-    filters = frame["fn_filter"] if "fn_filter" in frame else [""] * len(frame)
-    return pd.Series([label(s, t, f or "") for s, t, f in zip(frame["strategy"], frame["tuned"],
-                                                               filters, strict=True)],
+    filters = frame["fn_filter"] if "fn_filter" in frame else blank
+    return pd.Series([label(sec, s, t, f or "") for sec, s, t, f in
+                      zip(sections, frame["strategy"], frame["tuned"], filters, strict=True)],
                      index=frame.index, dtype=object)
 
 

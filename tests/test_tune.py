@@ -412,6 +412,12 @@ def test_also_default_runs_each_tuned_pair_both_ways(tmp_path):
                           "tuned": ["", "t.toml", "t.toml", "t.toml", "u.toml"]})
     assert list(variant_labels(frame)) == ["hcl", "hcl (tuned)", "in-batch",
                                            "random (tuned: t.toml)", "random (tuned: u.toml)"]
+    # the main job: one export per suite, every run tuned, so plain names in both sections
+    frame = pd.DataFrame({"strategy": ["random", "in-batch", "random", "in-batch"],
+                          "suite": ["digits", "digits", "bbc-news", "bbc-news"],
+                          "budget": ["samples=60000"] * 2 + ["samples=15000"] * 2,
+                          "tuned": ["digits.toml"] * 2 + ["bbc-news.toml"] * 2})
+    assert list(variant_labels(frame)) == ["random", "in-batch", "random", "in-batch"]
 
 
 # --------------------------------------------------------------------------- CLI errors
