@@ -223,10 +223,11 @@ def paired_table(comps: dict[str, dict[str, Comparison]], strategies: dict) -> T
 # --------------------------------------------------------------------------- oracle references
 def headroom(sr: SectionRuns, ref: pd.DataFrame | None, strategies: dict) -> tuple[dict, str]:
     """The false-negative headroom, fn-free − in-batch in kNN accuracy, and its fact in words
-    (or why it was not measured)."""
+    (or why it was not measured). fn-free is the row that bears its plain name, like the
+    reference: its default runs, or its tuned ones where the section ran it tuned only (the main
+    job); "fn-free (tuned)" beside default runs, and filtered rows, are not the headroom."""
     out: dict = {"metric": "knn_acc", "strategy": FN_FREE, "reference": REFERENCE}
-    fn_free = [v for v in sr.oracles if strategies[v]["strategy"] == FN_FREE
-               and not strategies[v]["tuned"]]
+    fn_free = [v for v in sr.oracles if v == FN_FREE]
     if fn_free and ref is not None:
         c = compare(fn_free[0], sr.groups[fn_free[0]], ref, "knn_acc")
         out |= {"value": c.diff} | {k: x for k, x in c.as_dict().items()

@@ -257,6 +257,14 @@ def test_c_headroom_over_seeds_without_items_and_absent_without_fn_free():
     assert sec.order == ["in-batch"] and "fn-free" not in sec.headline
     sec = section([r for r in rows if r["strategy"] == "in-batch"])
     assert sec.data["headroom"]["value"] is None
+    # every run tuned (the main job): plain labels, so the tuned pair is the headroom
+    tuned = [r | {"tuned": "digits.toml"} for r in rows]
+    assert section(tuned).data["headroom"]["value"] == pytest.approx(p.mean_diff)
+    # fn-free tuned beside its default runs: the default pair, not the tuned row
+    extra = [r | {"tuned": "t.toml", "variant": "fn-free (tuned)", "run_id": f"t{i}",
+                  "knn_acc": 0.99, "linear_acc": 0.99}
+             for i, r in enumerate(rows) if r["strategy"] == "fn-free"]
+    assert section(rows + extra).data["headroom"]["value"] == pytest.approx(p.mean_diff)
     assert "not measured (no fn-free run" in " ".join(sec.facts)
 
 
