@@ -52,7 +52,8 @@ ignored. Such a cell carries the tag ``negbench.tuned`` = FILE's name (:attr:`Ce
 key is still the hash of its resolved config, so a tuned cell is a different cell from the
 untuned one. With ``also_default = true`` the grid holds both: each (suite, strategy) that
 has tuned values is run tuned and at its defaults (the report's "tuned against default" table
-compares them, seed by seed); pairs without tuned values run once.
+compares them, seed by seed); pairs without tuned values run once, and so do pairs whose tuned
+values are the defaults (tagged ``negbench.tuned_same``: one run is both).
 
 Sweeps (``[sweep]``): the grid is suites x strategies x every combination of the sweep's values
 x seeds. A swept value applies on top of everything else (a key the spec sets elsewhere too is
@@ -76,7 +77,7 @@ from typing import Any
 
 from negbench import NegbenchError, strategies, suites
 from negbench.harness.config import ConfigError, RunConfig, build_config, parse_budget
-from negbench.harness.tags import SWEEP_TAG, TUNED_TAG, TUNED_VAL_TAG
+from negbench.harness.tags import SWEEP_TAG, TUNED_SAME_TAG, TUNED_TAG, TUNED_VAL_TAG
 from negbench.strategies.registry import PluginError, load_plugin
 
 TOP_KEYS = ("name", "suites", "strategies", "seeds", "budget", "tuned", "objective",
@@ -109,8 +110,9 @@ class Cell:
         """The strategy, with the cell's false-negative filter and whether it is tuned:
         ``semi-hard x self-guided (tuned)``."""
         c = self.config
+        tuned = TUNED_TAG in self.tags and TUNED_SAME_TAG not in self.tags
         return (c.strategy + (f" x {c.fn_filter}" if c.fn_filter != "none" else "")
-                + (" (tuned)" if TUNED_TAG in self.tags else ""))
+                + (" (tuned)" if tuned else ""))
 
     @property
     def label(self) -> str:
@@ -152,12 +154,21 @@ class Spec:
         out = []
         for su in self.suites:
             for st in self.strategies:
-                both = self.also_default and st in self.tuned.get(su, {})
-                for use_tuned in ((False, True) if both else (True,)):
-                    for flt in self.fn_filters:
-                        for point in self.points():
-                            for seed in self.seeds:
-                                out.append(self._cell(su, st, seed, point, flt, use_tuned))
+                axes = [(flt, point, seed) for flt in self.fn_filters for point in self.points()
+                        for seed in self.seeds]
+                tuned = [self._cell(su, st, seed, point, flt) for flt, point, seed in axes]
+                if not (self.also_default and st in self.tuned.get(su, {})):
+                    out += tuned
+                    continue
+                default = [self._cell(su, st, seed, point, flt, use_tuned=False)
+                           for flt, point, seed in axes]
+                if [c.key for c in default] == [c.key for c in tuned]:
+                    # the tuning kept the defaults (its best trial was the enqueued defaults):
+                    # one run is both, tagged so the report says so rather than "no default run"
+                    out += [dataclasses.replace(c, tags={**c.tags, TUNED_SAME_TAG: "1"})
+                            for c in tuned]
+                else:
+                    out += default + tuned
         return out
 
     def _cell(self, suite: str, strategy: str, seed: int,

@@ -9,6 +9,7 @@ CELL_TAG = "negbench.cell"  # the ablation cell (hash of the resolved config) a 
 SPEC_TAG = "negbench.spec"  # the spec file an ablation's run came from
 TUNED_TAG = "negbench.tuned"  # the tuned file a run's strategy settings came from
 TUNED_VAL_TAG = "negbench.tuned_val"  # that tuning's validation kNN: "DEFAULT BEST TRIALS"
+TUNED_SAME_TAG = "negbench.tuned_same"  # "1": its tuned values are the defaults (one run, both)
 SWEEP_TAG = "negbench.sweep"  # a spec's sweep point ("suite.classes=5"): a section of its own
 TRIAL_TAG = "negbench.trial"  # the optuna trial a tuning run is for
 WORKER_TAG = "negbench.worker"  # the worker (host and pid) that ran an ablation's cell

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+from negbench.harness.tags import TUNED_SAME_TAG
 from negbench.reports import stats
 from negbench.reports.contract import (
     COLLAPSED,
@@ -239,9 +240,14 @@ def tuned_table(sr: SectionRuns) -> tuple[Table | None, list[dict]]:
         t_iv = sr.intervals[v][m.key]
         val, val_cell = _tuning_val(g)
         if d is None:
-            tuned_rows.append([base, "no default run", fmt_interval(t_iv, m), "–", "–", "–",
-                               val_cell, tag])
-            tuned_data.append({"strategy": base, "variant": v, "export": tag, "validation": val})
+            # one run is both where the tuning kept the defaults (spec: tuned_same)
+            same = all(t.get(TUNED_SAME_TAG) == "1" for t in g["tags"])
+            tuned_rows.append([base, "the same runs (tuning kept the defaults)" if same
+                               else "no default run", fmt_interval(t_iv, m),
+                               fmt(0.0, "f2", m.scale, True) if same else "–",
+                               str(len(g)) if same else "–", "–", val_cell, tag])
+            tuned_data.append({"strategy": base, "variant": v, "export": tag, "validation": val,
+                               "same_as_default": same})
             continue
         p = stats.paired_t(per_seed(g, m.key), per_seed(d, m.key))
         d_iv = sr.intervals[base][m.key]

@@ -497,3 +497,17 @@ def test_data_reads_items_json_and_leaves_older_runs_without(tmp_path):
     sec = build_section(SUITE, BUDGET, f.reset_index())
     assert md_table(table(sec, "ranking"))  # a mix of runs with and without items still reports
     assert math.isfinite(sec.data["strategies"]["in-batch"]["knn_acc"]["mean"])
+
+
+def test_tuned_runs_that_are_the_defaults_are_said_to_be_so():
+    ref = bits(300)
+    rows = [run("in-batch", s, ref, tags=OK) for s in range(2)]
+    same = [run("hcl", s, flip(ref, "1", 3), tags={"negbench.tuned_same": "1", **OK})
+            | {"tuned": "t.toml"} for s in range(2)]
+    t = table(section(rows + same), "tuned")
+    (row,) = t.rows
+    assert row[:5] == ["hcl", "the same runs (tuning kept the defaults)", row[2], "+0.00", "2"]
+    # without the tag (runs recorded before it, or no default run in the spec): not claimed
+    plain = [r | {"tags": dict(OK)} for r in same]
+    (row,) = table(section(rows + plain), "tuned").rows
+    assert row[1] == "no default run" and row[3] == "–"

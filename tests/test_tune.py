@@ -402,6 +402,14 @@ def test_also_default_runs_each_tuned_pair_both_ways(tmp_path):
         ("in-batch", 0, None, {}), ("in-batch", 1, None, {})]  # no tuned values: once
     assert len({c.key for c in cells}) == 6
     assert cells[2].label == "digits/hcl (tuned)/seed 0" and cells[0].label == "digits/hcl/seed 0"
+    # tuned values that are the defaults (the tuning's best trial was the enqueued defaults):
+    # one cell per seed, which is both, tagged so the report does not say "no default run"
+    (tmp_path / "t.toml").write_text('[digits.hcl]\n"strategy.beta" = 1.0\n')
+    same = load_spec(spec).cells()
+    assert [(c.config.strategy, c.config.seed, c.tags.get("negbench.tuned_same")) for c in same] \
+        == [("hcl", 0, "1"), ("hcl", 1, "1"), ("in-batch", 0, None), ("in-batch", 1, None)]
+    assert same[0].key == cells[0].key and same[0].label == "digits/hcl/seed 0"
+    (tmp_path / "t.toml").write_text('[digits.hcl]\n"strategy.beta" = 0.7\n')
     for bad, needle in (("also_default = 1\n", "must be true or false"),
                         ("also_default = true\n", "needs tuned")):
         spec.write_text('suites = ["digits"]\nstrategies = ["hcl"]\n' + bad)
