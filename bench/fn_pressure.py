@@ -55,10 +55,13 @@ def main() -> None:
             iv = item_interval(by[name])
             f = fnr[(suite, k, name)]
             gain = "baseline" if name == args.baseline else "–"
-            if base is not None and name != args.baseline:
+            common = base is not None and set(by[name]) & set(base)
+            if common and name != args.baseline:  # paired on the seeds both have finished
                 p = paired_items(by[name], base)
                 gains.setdefault((suite, name), {})[k] = (p.mean_diff, p.low, p.high)
                 gain = f"{_pct(p.mean_diff)} ({_pct(p.low)} to {_pct(p.high)})"
+            elif base is not None and name != args.baseline:
+                gain = f"no seed in common with {args.baseline} yet"
             print(f"| {suite} | {k} | {name} | {iv.seeds} | {100 * iv.mean:.2f} "
                   f"({100 * iv.low:.2f}-{100 * iv.high:.2f}) | {sum(f) / len(f):.3f} | {gain} |")
     print()
