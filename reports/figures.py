@@ -1,8 +1,8 @@
 """The figures of a section, drawn with matplotlib's Agg canvas (no display, no pyplot state)
 and saved as PNG files beside the report.
 
-One colour per strategy throughout a report; a tuned variant keeps its strategy's colour with a
-dashed line and hollow markers.
+One colour per strategy throughout a report; a tuned variant shown beside its strategy's default
+runs keeps the strategy's colour with a dashed line and hollow markers.
 """
 
 from __future__ import annotations
@@ -54,7 +54,9 @@ class Palette:
 
     def style(self, section: Section, variant: str) -> dict:
         info = section.data["strategies"][variant]
-        tuned = bool(info["tuned"])
+        # dashed where the label sets a tuned variant apart from its default runs; a section
+        # whose runs of a strategy are all tuned (the main job) draws it plain, like its label
+        tuned = bool(info["tuned"]) and "(tuned" in variant
         c = self.colors.get(info["strategy"], "#444444")
         return {"color": c, "linestyle": "--" if tuned else "-",
                 "markerfacecolor": "white" if tuned else c, "markeredgecolor": c}

@@ -511,3 +511,17 @@ def test_tuned_runs_that_are_the_defaults_are_said_to_be_so():
     plain = [r | {"tags": dict(OK)} for r in same]
     (row,) = table(section(rows + plain), "tuned").rows
     assert row[1] == "no default run" and row[3] == "–"
+
+
+def test_a_tuned_variant_is_dashed_only_beside_its_default_runs():
+    from negbench.reports import figures
+
+    ref = bits(300)
+    tuned = {"tuned": "t.toml"}
+    rows = [run("in-batch", 0, ref, tags=OK) | tuned, run("hcl", 0, flip(ref, "1", 2), tags=OK),
+            run("hcl", 1, flip(ref, "1", 3), tags=OK) | tuned | {"variant": "hcl (tuned)"}]
+    sec = section(rows)
+    pal = figures.Palette(["in-batch", "hcl"])
+    assert pal.style(sec, "hcl (tuned)")["linestyle"] == "--"
+    assert pal.style(sec, "hcl")["linestyle"] == "-"
+    assert pal.style(sec, "in-batch")["linestyle"] == "-"  # every in-batch run tuned: plain
