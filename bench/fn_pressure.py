@@ -24,6 +24,11 @@ def _pct(v: float) -> str:
     return f"{100 * v:+.2f}"
 
 
+def _grows(values: list[float]) -> bool:
+    """Whether a gain listed from the most groups to the fewest never falls."""
+    return all(b >= a for a, b in zip(values, values[1:], strict=False))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--experiment", default="fn-pressure")
@@ -60,17 +65,16 @@ def main() -> None:
         for name in sorted(by, key=lambda n: (n != args.baseline, n)):
             iv = item_interval(by[name])
             f = fnr[(suite, k, name)]
-            gain, share = ("baseline", "–") if name == args.baseline else ("–", "–")
-            common = base is not None and set(by[name]) & set(base)
-            if common and name != args.baseline:  # paired on the seeds both have finished
+            gain, share = ("baseline" if name == args.baseline else "–"), "–"
+            if name != args.baseline and base is not None and not set(by[name]) & set(base):
+                gain = f"no seed in common with {args.baseline} yet"  # a sweep still running
+            elif name != args.baseline and base is not None:  # paired on the seeds both have
                 p = paired_items(by[name], base)
                 gains.setdefault((suite, name), {})[k] = (p.mean_diff, p.low, p.high)
                 gain = f"{_pct(p.mean_diff)} ({_pct(p.low)} to {_pct(p.high)})"
                 if base_err > 0:
                     shares.setdefault((suite, name), {})[k] = p.mean_diff / base_err
                     share = _pct(p.mean_diff / base_err)
-            elif base is not None and name != args.baseline:
-                gain = f"no seed in common with {args.baseline} yet"
             print(f"| {suite} | {k} | {name} | {iv.seeds} | {100 * iv.mean:.2f} "
                   f"({100 * iv.low:.2f}-{100 * iv.high:.2f}) | {sum(f) / len(f):.3f} | {gain} "
                   f"| {share} |")
@@ -80,7 +84,7 @@ def main() -> None:
         if len(ks) < 2:
             continue
         means = [by_k[k][0] for k in ks]
-        grows = all(b >= a for a, b in zip(means, means[1:], strict=False))
+        grows = _grows(means)
         first, last = by_k[ks[0]], by_k[ks[-1]]
         apart = last[1] > first[2]  # the fewest-groups interval lies above the most-groups one
         overlap = "do not overlap" if apart else "overlap"
@@ -91,7 +95,7 @@ def main() -> None:
         sh = shares.get((suite, name), {})
         if all(k in sh for k in ks):
             rel = [sh[k] for k in ks]
-            rgrows = all(b >= a for a, b in zip(rel, rel[1:], strict=False))
+            rgrows = _grows(rel)
             print(f"    as a share of {args.baseline}'s errors: "
                   f"{' -> '.join(_pct(v) for v in rel)}%: "
                   f"{'grows as groups fall' if rgrows else 'does not grow monotonically'}")

@@ -227,9 +227,9 @@ def headroom(sr: SectionRuns, ref: pd.DataFrame | None, strategies: dict) -> tup
     reference: its default runs, or its tuned ones where the section ran it tuned only (the main
     job); "fn-free (tuned)" beside default runs, and filtered rows, are not the headroom."""
     out: dict = {"metric": "knn_acc", "strategy": FN_FREE, "reference": REFERENCE}
-    fn_free = [v for v in sr.oracles if v == FN_FREE]
+    fn_free = FN_FREE in sr.oracles
     if fn_free and ref is not None:
-        c = compare(fn_free[0], sr.groups[fn_free[0]], ref, "knn_acc")
+        c = compare(FN_FREE, sr.groups[FN_FREE], ref, "knn_acc")
         out |= {"value": c.diff} | {k: x for k, x in c.as_dict().items()
                                      if k not in ("p_holm", "beyond_noise")}
         iv = "" if not math.isfinite(c.low) else f", 95% interval {ci_points(c)}"
