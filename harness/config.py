@@ -75,7 +75,7 @@ class EvalConfig:
     split: str = "test"  # test | val (tuning uses val, never test)
     knn_k: int = 20
     knn_temperature: float = 0.07
-    linear_epochs: int = 300
+    linear_epochs: int = 300  # 0: no linear probe (tuning's trials, whose objective is kNN)
     linear_lr: float = 0.05
 
     def __post_init__(self):
@@ -83,8 +83,9 @@ class EvalConfig:
             raise ConfigError(f"eval.split must be test or val; got {self.split!r}")
         if self.knn_k < 1:
             raise ConfigError(f"eval.knn_k must be >= 1; got {self.knn_k}")
-        if self.linear_epochs < 1:
-            raise ConfigError(f"eval.linear_epochs must be >= 1; got {self.linear_epochs}")
+        if self.linear_epochs < 0:
+            raise ConfigError(f"eval.linear_epochs must be >= 0 (0: no linear probe); got "
+                              f"{self.linear_epochs}")
 
 
 @dataclass(frozen=True)

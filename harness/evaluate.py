@@ -118,17 +118,14 @@ def evaluate_items(encoder: nn.Module, suite: Suite, data: SuiteData, cfg: EvalC
         return dict(suite.evaluate_extra(encoder, data, cfg.split)), {}
     tf = embed(encoder, suite, data.train.x)
     qf = embed(encoder, suite, query.x)
-    items = {
-        "knn": knn_correct(tf, data.train.y, qf, query.y, data.n_classes, cfg.knn_k,
-                           cfg.knn_temperature),
-        "linear": linear_correct(tf, data.train.y, qf, query.y, data.n_classes,
-                                 cfg.linear_epochs, cfg.linear_lr, seed),
-    }
-    metrics = {
-        "knn_acc": items["knn"].sum().item() / len(query),
-        "linear_acc": items["linear"].float().mean().item(),
-        **suite.evaluate_extra(encoder, data, cfg.split),
-    }
+    items = {"knn": knn_correct(tf, data.train.y, qf, query.y, data.n_classes, cfg.knn_k,
+                                cfg.knn_temperature)}
+    metrics = {"knn_acc": items["knn"].sum().item() / len(query)}
+    if cfg.linear_epochs:  # 0: no probe (a tuning trial, whose objective reads kNN alone)
+        items["linear"] = linear_correct(tf, data.train.y, qf, query.y, data.n_classes,
+                                         cfg.linear_epochs, cfg.linear_lr, seed)
+        metrics["linear_acc"] = items["linear"].float().mean().item()
+    metrics.update(suite.evaluate_extra(encoder, data, cfg.split))
     return metrics, items
 
 

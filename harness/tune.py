@@ -40,7 +40,10 @@ Sampler and pruner
     ``--prune-after`` trials (default 3) have completed; ``--pruner hyperband``: optuna's
     Hyperband over the resource 1..100 percent of the budget (minimum: the first checkpoint),
     reduction factor 3; ``--pruner none``. The checkpoint evaluations are not training time:
-    they count neither in a run's ``wall_seconds`` nor against a ``seconds`` budget.
+    they count neither in a run's ``wall_seconds`` nor against a ``seconds`` budget. A trial's
+    final evaluation is the kNN alone too: no linear probe (``eval.linear_epochs=0``), which the
+    objective does not read and which costs twice the kNN on fashion-mnist; ``--set
+    eval.linear_epochs=N`` brings it back (kept as the trial's ``val_linear_acc``).
 
 Same effort
     Every study gets exactly ``--trials T`` trials that count: completed, pruned, and failed

@@ -25,7 +25,7 @@ from negbench.harness import evaluate
 from negbench.harness import tune as T
 from negbench.harness.cli import main as negbench
 from negbench.harness.config import BudgetConfig, ConfigError, build_config
-from negbench.harness.runner import Trainer
+from negbench.harness.runner import HEALTH_TAG, Trainer
 from negbench.harness.spec import SpecError, load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -200,6 +200,30 @@ def test_a_huge_learning_rate_is_pruned(tmp_path):
     assert hist[0].step < 1500  # it did not spend its budget
     ends = [e for e in events if e["event"] == "end"]
     assert [e["state"] for e in ends] == ["complete", "pruned"]
+
+
+def test_a_trial_skips_the_linear_probe_unless_set(small, tmp_path):
+    """The objective reads kNN alone, so a trial runs no linear probe (it costs more than the
+    kNN); ``--set eval.linear_epochs=N`` (the ``small`` study) brings it back."""
+    storage, tracking = urls(tmp_path)
+    job = T.Job(suites=("digits",), strategies=("in-batch",), trials=1,
+                budget=BudgetConfig("samples", 1500), sets={"batch_size": "128"},
+                pruner="none", storage=storage, tracking_uri=tracking)
+    T.work(T.open_studies(job), lambda e: None)
+    (trial,) = study(tmp_path, "in-batch").get_trials()
+    assert trial.state == TrialState.COMPLETE and "val_linear_acc" not in trial.user_attrs
+    run = trial_runs(tmp_path, "tune:digits:in-batch")[0]
+    assert run.data.params["eval.linear_epochs"] == "0"
+    assert "linear_acc" not in run.data.metrics and "floor_linear_acc" not in run.data.metrics
+    assert run.data.metrics["knn_acc"] == pytest.approx(trial.value)
+    assert run.data.tags[HEALTH_TAG] in ("ok", "degraded")  # judged on the kNN alone
+    # the ``small`` study set 10 epochs: every trial has its probe
+    for t in study(small[0], "hcl").get_trials():
+        assert 0 < t.user_attrs["val_linear_acc"] <= 1
+    # and a run outside tuning keeps it by default
+    assert build_config("digits", "in-batch").eval.linear_epochs == 300
+    with pytest.raises(ConfigError, match="linear_epochs must be >= 0"):
+        build_config("digits", "in-batch", sets={"eval.linear_epochs": "-1"})
 
 
 # --------------------------------------------------------------------------- resuming
