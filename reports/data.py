@@ -188,6 +188,13 @@ class Runs:
         return self.frame[self.frame["status"] == "FINISHED"]
 
 
+def plain_label(strategy: str, fn_filter: str = "") -> str:
+    """A run's label before any tuned marker: the strategy, ``strategy x FILTER`` with a
+    false-negative filter. A label that differs from it sets tuned runs apart from their
+    default runs (:func:`variant_labels`)."""
+    return f"{strategy} x {fn_filter}" if fn_filter else strategy
+
+
 def variant_labels(frame: pd.DataFrame) -> pd.Series:
     """A row label per run: the strategy for a default config; ``strategy x FILTER`` for a run
     with a false-negative filter (tag ``negbench.fn_filter``); ``... (tuned)`` for a run tagged
@@ -205,7 +212,7 @@ def variant_labels(frame: pd.DataFrame) -> pd.Series:
         exports.setdefault((*sec, s), set()).add(t or "")
 
     def label(sec: tuple, s: str, t: str, f: str) -> str:
-        base, ex = (f"{s} x {f}" if f else s), exports[(*sec, s)]
+        base, ex = plain_label(s, f), exports[(*sec, s)]
         if not t or ex == {t}:
             return base
         return f"{base} (tuned)" if len(ex - {""}) == 1 else f"{base} (tuned: {t})"

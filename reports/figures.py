@@ -56,7 +56,7 @@ class Palette:
         info = section.data["strategies"][variant]
         # dashed where the label sets a tuned variant apart from its default runs; a section
         # whose runs of a strategy are all tuned (the main job) draws it plain, like its label
-        tuned = bool(info["tuned"]) and "(tuned" in variant
+        tuned = bool(info.get("tuned_apart"))
         c = self.colors.get(info["strategy"], "#444444")
         return {"color": c, "linestyle": "--" if tuned else "-",
                 "markerfacecolor": "white" if tuned else c, "markeredgecolor": c}

@@ -519,9 +519,16 @@ def test_a_tuned_variant_is_dashed_only_beside_its_default_runs():
     ref = bits(300)
     tuned = {"tuned": "t.toml"}
     rows = [run("in-batch", 0, ref, tags=OK) | tuned, run("hcl", 0, flip(ref, "1", 2), tags=OK),
-            run("hcl", 1, flip(ref, "1", 3), tags=OK) | tuned | {"variant": "hcl (tuned)"}]
+            run("hcl", 1, flip(ref, "1", 3), tags=OK) | tuned | {"variant": "hcl (tuned)"},
+            run("semi-hard", 0, flip(ref, "1", 4), tags=OK) | tuned
+            | {"fn_filter": "self-guided", "variant": "semi-hard x self-guided"}]
     sec = section(rows)
-    pal = figures.Palette(["in-batch", "hcl"])
+    pal = figures.Palette(["in-batch", "hcl", "semi-hard"])
     assert pal.style(sec, "hcl (tuned)")["linestyle"] == "--"
     assert pal.style(sec, "hcl")["linestyle"] == "-"
     assert pal.style(sec, "in-batch")["linestyle"] == "-"  # every in-batch run tuned: plain
+    # a filtered strategy all of whose runs are tuned keeps its plain (filtered) label
+    assert pal.style(sec, "semi-hard x self-guided")["linestyle"] == "-"
+    assert [sec.data["strategies"][v]["tuned_apart"] for v in
+            ("hcl (tuned)", "hcl", "in-batch", "semi-hard x self-guided")] == [
+        True, False, False, False]
