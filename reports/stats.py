@@ -117,14 +117,16 @@ class Paired:
 def paired_t(a: Mapping, b: Mapping, level: float = LEVEL) -> Paired:
     """Paired t-test of ``a`` against ``b``, both {seed: value}, over the seeds they share
     (values that are not finite are left out)."""
-    seeds = tuple(sorted(s for s in a.keys() & b.keys()
+    shared = a.keys() & b.keys()
+    seeds = tuple(sorted(s for s in shared
                          if math.isfinite(float(a[s])) and math.isfinite(float(b[s]))))
     d = [float(a[s]) - float(b[s]) for s in seeds]
     n = len(d)
     nan = math.nan
     if n == 0:
-        return Paired(0, nan, None, None, nan, nan, seeds, "no seed in common, so nothing to pair",
-                      level)
+        why = ("no seed in common, so nothing to pair" if not shared else
+               "not recorded for a seed both ran (e.g. no linear probe), so nothing to pair")
+        return Paired(0, nan, None, None, nan, nan, seeds, why, level)
     mean = math.fsum(d) / n
     if n < 2:
         return Paired(n, mean, None, None, nan, nan, seeds,

@@ -835,7 +835,11 @@ def test_paired_t_against_hand_computed_values():
     flat = stats.paired_t({0: 350 / 360, 1: 352 / 360}, {0: 348 / 360, 1: 350 / 360})
     assert not flat.ok and "all equal" in flat.reason and math.isnan(flat.t)
     none = stats.paired_t({0: 1.0}, {1: 1.0})
-    assert none.n == 0 and not none.ok
+    assert none.n == 0 and not none.ok and "no seed in common" in none.reason
+    # seeds shared, metric missing (runs without a linear probe): said so, not "no seed"
+    nan = float("nan")
+    missing = stats.paired_t({0: nan, 1: nan}, {0: nan, 1: nan})
+    assert missing.n == 0 and not missing.ok and "not recorded" in missing.reason
 
 
 def test_pareto_front_against_hand_computed_values():
