@@ -18,7 +18,11 @@ from negbench.harness.cli import main
 from negbench.harness.spec import load_spec
 
 SPECS = Path(__file__).resolve().parents[1] / "specs"
-SHIPPED = ("digits", "bbc-news")  # fashion-mnist joins when its file is written (issue notes)
+SHIPPED = ("digits", "bbc-news", "fashion-mnist")
+# trials per study (the same for every strategy of a file): issue 17 asks at least 20 on digits
+# and bbc-news; fashion-mnist tunes at a reduced budget with fewer trials (scripts/tune_shipped.sh
+# says why), at least 6
+MIN_TRIALS = {"digits": 20, "bbc-news": 20, "fashion-mnist": 6}
 STUDY = re.compile(r"^# study shipped-(?P<prefix>[\w-]+):(?P<suite>[\w-]+):(?P<strategy>[\w-]+): "
                    r"best val kNN [\d.]+ \(trial \d+\), default [\d.]+; (?P<n>\d+) trials", re.M)
 
@@ -39,7 +43,7 @@ def test_a_shipped_file_tunes_every_strategy_with_the_same_effort(suite):
     assert [s["strategy"] for s in found] == sorted(tuned)  # one study heading each table
     assert {s["suite"] for s in found} == {suite} and {s["prefix"] for s in found} == {suite}
     trials = {int(s["n"]) for s in found}
-    assert len(trials) == 1 and trials.pop() >= 20, trials  # the same effort for each
+    assert len(trials) == 1 and trials.pop() >= MIN_TRIALS[suite], trials  # the same for each
     # provenance: the command, budget, seed and commit of each study, and of the export
     assert len(re.findall(r"^# tuned by: negbench tune --suite " + re.escape(suite)
                           + r" .*--trials \d+ --seed 0 .*\(negbench commit [0-9a-f]{40}\)$",
@@ -85,17 +89,23 @@ def test_the_shipped_specs_read_the_shipped_files():
         for cell in spec.cells():
             if cell.config.suite in SHIPPED:
                 assert cell.tags.get("negbench.tuned") == f"{cell.config.suite}.toml", cell.label
-    check = load_spec(SPECS / "tuned-vs-default.toml")
+    assert {c.config.suite for c in standard.cells()} == {"fashion-mnist", "bbc-news"}
+
+
+@pytest.mark.parametrize("name", ["tuned-vs-default", "tuned-vs-default-fashion"])
+def test_the_tuned_against_default_specs_run_each_pair_both_ways(name):
+    check = load_spec(SPECS / f"{name}.toml")
     cells = check.cells()
     kinds = {(c.config.suite, c.config.strategy, "negbench.tuned" in c.tags) for c in cells}
     same = {(c.config.suite, c.config.strategy) for c in cells if "negbench.tuned_same" in c.tags}
     # every pair tuned, and at its defaults too unless its tuning kept them: its best trial was
     # trial 0 (the registry's defaults, enqueued first), so one run is both
-    kept = {(su, m["strategy"]) for su in SHIPPED for m in re.finditer(
+    compared = [su for su in SHIPPED if su in check.suites]
+    kept = {(su, m["strategy"]) for su in compared for m in re.finditer(
         r"^# study [^:]+:[^:]+:(?P<strategy>[^:]+): best val kNN [\d.]+ \(trial 0\)",
         (SPECS / "tuned" / f"{su}.toml").read_text(), re.M)} & {
-        (su, st) for su in SHIPPED for st in check.strategies}
+        (su, st) for su in compared for st in check.strategies}
     assert same == kept and kept
-    assert {(su, st, t) for su in SHIPPED for st in check.strategies for t in (False, True)
+    assert {(su, st, t) for su in compared for st in check.strategies for t in (False, True)
             if t or (su, st) not in kept} == kinds
     assert check.seeds == (0, 1, 2)
