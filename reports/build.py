@@ -19,7 +19,7 @@ import pandas as pd
 from negbench.reports import stats
 from negbench.reports.audit import audit_table, failed_table, provenance_table
 from negbench.reports.contract import SectionRuns, section_floors, section_runs
-from negbench.reports.data import Runs, latest_per_seed, plain_label
+from negbench.reports.data import Runs, latest_per_seed, plain_label_of
 from negbench.reports.format import (
     ACCURACY,
     DECILES,
@@ -91,13 +91,10 @@ def _strategy_data(sr: SectionRuns, v: str) -> dict:
     g = sr.groups[v]
     role = ("did_not_train" if v in sr.did_not_train else "oracle" if v in sr.oracles
             else "ranked")
-    strategy = str(g["strategy"].iloc[0])
-    f = g["fn_filter"].iloc[0] if "fn_filter" in g else ""
-    fn_filter = str(f) if isinstance(f, str) else ""  # absent: NaN
     return {
-        "strategy": strategy, "tuned": str(g["tuned"].iloc[0]),
+        "strategy": str(g["strategy"].iloc[0]), "tuned": str(g["tuned"].iloc[0]),
         # the label sets these tuned runs apart from the strategy's default runs
-        "tuned_apart": v != plain_label(strategy, fn_filter),
+        "tuned_apart": v != plain_label_of(g),
         "seeds": sorted(int(s) for s in g["seed"]), "run_ids": list(g["run_id"]),
         "role": role,
         "health": [{"seed": s, "verdict": h, "reason": r} for s, h, r in sr.health[v]],

@@ -195,6 +195,13 @@ def plain_label(strategy: str, fn_filter: str = "") -> str:
     return f"{strategy} x {fn_filter}" if fn_filter else strategy
 
 
+def plain_label_of(runs: pd.DataFrame) -> str:
+    """:func:`plain_label` of the runs of one variant (strategy and filter of the first run; a
+    frame without the filter column, or a NaN there, is no filter)."""
+    f = runs["fn_filter"].iloc[0] if "fn_filter" in runs else ""
+    return plain_label(str(runs["strategy"].iloc[0]), f if isinstance(f, str) else "")
+
+
 def variant_labels(frame: pd.DataFrame) -> pd.Series:
     """A row label per run: the strategy for a default config; ``strategy x FILTER`` for a run
     with a false-negative filter (tag ``negbench.fn_filter``); ``... (tuned)`` for a run tagged

@@ -23,7 +23,7 @@ from negbench.reports.contract import (
     is_oracle,
     run_tags,
 )
-from negbench.reports.data import plain_label
+from negbench.reports.data import plain_label_of
 from negbench.reports.format import (
     ACCURACY,
     COST,
@@ -235,9 +235,7 @@ def tuned_table(sr: SectionRuns) -> tuple[Table | None, list[dict]]:
         tag = str(g["tuned"].iloc[0])
         if not tag:
             continue
-        f = g["fn_filter"].iloc[0] if "fn_filter" in g else ""
-        # the default runs of the same strategy with the same filter, if any ran
-        base = plain_label(str(g["strategy"].iloc[0]), f if isinstance(f, str) else "")
+        base = plain_label_of(g)  # its default runs: same strategy, same filter
         d = sr.groups.get(base) if v != base else None  # every run of `base` tuned: none
         m = ACCURACY[0]
         t_iv = sr.intervals[v][m.key]

@@ -28,7 +28,6 @@ cd "$(dirname "$0")/.."
 NB=.venv/bin/negbench
 STORAGE_ARGS=()
 [[ -z "${NEGBENCH_STORAGE:-}" ]] && STORAGE_ARGS=(--storage "sqlite:///$PWD/negbench-runs/optuna-shipped.db")
-TRIALS=${TRIALS:-}
 OUT=${OUT:-specs/tuned}
 # Knobs that set how many extra encodes a step makes are held, not searched: the objective
 # sees accuracy only and the sample budget does not count those encodes, so a search would
